@@ -1,0 +1,86 @@
+"""`mor eval` and `mor trace`: the analysis functions on the command line.
+
+    mor eval --checkpoint mor-ec-r3 --text-file data/val.txt --depth-cap 2 --json
+    mor trace --checkpoint mor-ec-r3 --text "To be, or not to be" --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import analysis
+from .loading import load
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def read_text(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist or is not a file.")
+    return file.read_text(encoding="utf-8", errors="replace")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model, tokenizer = load(args.checkpoint, device=args.device)
+    result = analysis.evaluate(model, tokenizer, read_text(args.text_file), depth_cap=args.depth_cap,
+                               fixed_depth=args.fixed_depth, routing_mode=args.routing_mode)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        hist = " ".join(f"d{k}:{v}" for k, v in result["depth_histogram"].items())
+        print(f"nll {result['nll']:.4f}  ppl {result['ppl']:.2f}  tokens {result['tokens']}  "
+              f"mean depth {result['mean_depth']:.3f}  [{hist}]")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    if args.text is None and args.text_file is None:
+        raise ValueError("give --text or --text-file.")
+    text = args.text if args.text is not None else read_text(args.text_file)
+    model, tokenizer = load(args.checkpoint, device=args.device)
+    tr = analysis.trace(model, tokenizer, text, depth_cap=args.depth_cap, fixed_depth=args.fixed_depth,
+                        routing_mode=args.routing_mode, checkpoint=str(args.checkpoint))
+    if args.json:
+        keys = ("checkpoint", "num_recursions", "tokens", "depths", "token_nll", "router_scores")
+        full = tr.to_json()
+        out = {k: full[k] for k in keys}
+        out.update(mean_depth=tr.mean_depth, truncated_tokens=tr.truncated_tokens)
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    for token, depth, nll in zip(tr.tokens, tr.depths, tr.token_nll):
+        nll_text = "   -  " if nll is None else f"{nll:6.2f}"
+        print(f"{depth}  {nll_text}  {token!r}")
+    print(f"mean depth {tr.mean_depth:.3f} over {len(tr.depths)} tokens"
+          + (f" ({tr.truncated_tokens} tokens beyond the context window were dropped)" if tr.truncated_tokens else ""))
+    return 0
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a name under checkpoints/ (see `mor list`)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--depth-cap", type=positive_int, help="no token takes more than K recursions")
+    group.add_argument("--fixed-depth", type=positive_int, help="every token takes exactly K recursions (router ignored)")
+    p.add_argument("--routing-mode", choices=["causal", "capacity"], default="causal",
+                   help="causal: each token decides alone (decodable); capacity: top-k over the text (training rule)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="next-token NLL, perplexity and depth statistics of a text file")
+    add_common(p)
+    p.add_argument("--text-file", required=True, help="UTF-8 text to evaluate (split into context-length windows)")
+    p.set_defaults(func=cmd_eval)
+    p = subparsers.add_parser("trace", help="per-token depths, router scores and NLL of a text")
+    add_common(p)
+    p.add_argument("--text", help="the text to trace (truncated to the context window)")
+    p.add_argument("--text-file", help="read the text from this UTF-8 file instead of --text")
+    p.set_defaults(func=cmd_trace)

