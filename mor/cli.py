@@ -3,7 +3,8 @@
     mor list [--json]                     shipped checkpoints and their metadata
     mor data --out data                   build the corpus and tokenizer (mor/data.py)
     mor train --preset mor-ec-r3 ...      train a checkpoint (mor/train.py)
-    mor eval / mor trace                  evaluate and trace a checkpoint (mor/analysis.py)
+    mor eval / mor trace                  evaluate and trace a checkpoint (mor/analysis_cli.py)
+    mor results --out docs                regenerate docs/results.md (mor/results.py)
 
 Errors a user can cause (bad flags, missing files, broken checkpoints) print one clear line on
 stderr and exit non-zero; they never show a traceback.
@@ -15,7 +16,7 @@ import argparse
 import json
 import sys
 
-from . import data, loading, train, analysis_cli
+from . import analysis_cli, data, loading, results, train
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register_cli(sub)
     train.register_cli(sub)
     analysis_cli.register_cli(sub)
+    results.register_cli(sub)
     return parser
 
 

