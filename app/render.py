@@ -67,14 +67,23 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# What a trace's router_scores hold, by the checkpoint's routing.
+SCORE_LABELS = {
+    "expert_choice": "router score per step",  # sigmoid score of each step's router
+    "token_choice": "router P(depth 1..N_r)",  # one softmax over depths, chosen up front
+    "none": "router (none)",  # no router: every score is "-"
+}
+DEFAULT_SCORE_LABEL = SCORE_LABELS["expert_choice"]
+
+
 def token_tooltip(token: str, depth: int, num_recursions: int, scores: list[float | None],
-                  nll: float | None) -> str:
+                  nll: float | None, score_label: str = DEFAULT_SCORE_LABEL) -> str:
     """Plain-text tooltip of one token (not yet escaped): its text, depth, scores and NLL."""
     step_scores = " / ".join(_fmt(s) for s in scores)
     return "\n".join([
         f"token {token!r}",
         f"depth {depth} of {num_recursions}",
-        f"router score per step: {step_scores}",
+        f"{score_label}: {step_scores}",
         f"NLL {_fmt(nll)} nats" if nll is not None else "NLL - (first token: nothing to predict it from)",
     ])
 
@@ -92,9 +101,9 @@ def _visible_text(token: str) -> str:
 
 
 def token_span(token: str, depth: int, num_recursions: int, scores: list[float | None],
-               nll: float | None) -> str:
+               nll: float | None, score_label: str = DEFAULT_SCORE_LABEL) -> str:
     background = depth_colour(depth, num_recursions)
-    title = html.escape(token_tooltip(token, depth, num_recursions, scores, nll), quote=True)
+    title = html.escape(token_tooltip(token, depth, num_recursions, scores, nll, score_label), quote=True)
     return (f'<span class="mor-tok" data-depth="{int(depth)}" style="background:{background};'
             f'color:{text_colour(background)}" title="{title}">{_visible_text(token)}</span>')
 
@@ -111,13 +120,15 @@ def legend_html(num_recursions: int, counts: dict[str, int] | None = None) -> st
             + "".join(swatches) + "</div>")
 
 
-def heatmap_html(trace: dict, *, legend: bool = True, style: bool = True) -> str:
+def heatmap_html(trace: dict, *, routing: str = "expert_choice", legend: bool = True, style: bool = True) -> str:
     """An HTML fragment: the legend and every token as a span coloured by its depth.
 
+    `routing` (the checkpoint's config.routing) names the router scores in the tooltips;
     `style=False` leaves out the <style> block, for a page that already includes HEATMAP_CSS."""
     R = int(trace["num_recursions"])
+    label = SCORE_LABELS.get(routing, DEFAULT_SCORE_LABEL)
     spans = "".join(
-        token_span(token, depth, R, scores, nll)
+        token_span(token, depth, R, scores, nll, label)
         for token, depth, scores, nll in zip(trace["tokens"], trace["depths"], trace["router_scores"],
                                              trace["token_nll"]))
     parts = ['<div class="mor-heatmap">']
@@ -152,7 +163,7 @@ def summary_lines(trace: dict) -> list[str]:
     return lines
 
 
-def standalone_heatmap_html(trace: dict) -> str:
+def standalone_heatmap_html(trace: dict, routing: str = "expert_choice") -> str:
     """A complete HTML document of the heatmap: inline CSS, no scripts, no external resources."""
     title = html.escape(f"MoR Lens depth heatmap: {trace.get('checkpoint') or 'trace'}", quote=True)
     facts = "".join(f"<li>{html.escape(line, quote=True)}</li>" for line in summary_lines(trace))
@@ -166,6 +177,6 @@ def standalone_heatmap_html(trace: dict) -> str:
         f"<h1>{title}</h1><ul>{facts}</ul>"
         "<p>Each token is coloured by how many recursions of the shared block it took; hover a "
         "token for its router scores and next-token NLL.</p>"
-        f"{heatmap_html(trace, style=False)}"
+        f"{heatmap_html(trace, routing=routing, style=False)}"
         "<p><small>Made with MoR Lens.</small></p></body></html>\n"
     )

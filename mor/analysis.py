@@ -33,6 +33,7 @@ class Trace:
     depth_cap: int | None = None
     fixed_depth: int | None = None
     truncated_tokens: int = 0  # tokens dropped beyond the context window
+    replaced_chars: int = 0  # unpaired surrogates replaced by U+FFFD before tokenizing
     seconds: float = 0.0  # forward time
 
     @property
@@ -59,10 +60,22 @@ class Trace:
         return out
 
 
+def sanitize(text: str) -> tuple[str, int]:
+    """`text` with unpaired UTF-16 surrogates (which cannot be encoded as UTF-8, e.g. from a
+    broken paste) replaced by U+FFFD, and how many were replaced. Surrogate pairs are joined."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, not {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return fixed, fixed.count("\ufffd") - text.count("\ufffd")
+
+
 def encode(tokenizer, text: str, context: int) -> tuple[list[int], int]:
     """Token ids of `text` (first `context` of them) and how many were dropped."""
-    if not isinstance(text, str):
-        raise ValueError("text must be a string.")
+    text, _ = sanitize(text)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[:context], max(0, len(ids) - context)
 
@@ -72,10 +85,12 @@ def trace(model: MoRForCausalLM, tokenizer, text: str, *, depth_cap: int | None 
           fixed_depth: int | None = None, routing_mode: str = "causal", checkpoint: str = "") -> Trace:
     """Run the model once over `text` (truncated to the context window) and record each token's
     depth, router scores and NLL."""
+    text, replaced = sanitize(text)
     ids, dropped = encode(tokenizer, text, model.config.max_position_embeddings)
     R = model.config.num_recursions
     if not ids:
-        return Trace(checkpoint, R, [], [], [], [], [], routing_mode, depth_cap, fixed_depth, dropped, 0.0)
+        return Trace(checkpoint, R, [], [], [], [], [], routing_mode, depth_cap, fixed_depth,
+                     truncated_tokens=dropped, replaced_chars=replaced)
     x = torch.tensor([ids], device=model.device)
     start = time.perf_counter()
     out = model(x, depth_cap=depth_cap, fixed_depth=fixed_depth, routing_mode=routing_mode, use_cache=False)
@@ -87,14 +102,14 @@ def trace(model: MoRForCausalLM, tokenizer, text: str, *, depth_cap: int | None 
         checkpoint=checkpoint, num_recursions=R, tokens=token_texts(tokenizer, ids), token_ids=ids,
         depths=out.depths[0].tolist(), token_nll=[None] + [round(v, 6) for v in nll], router_scores=scores,
         routing_mode=routing_mode, depth_cap=depth_cap, fixed_depth=fixed_depth, truncated_tokens=dropped,
-        seconds=seconds)
+        replaced_chars=replaced, seconds=seconds)
 
 
 @torch.no_grad()
 def evaluate(model: MoRForCausalLM, tokenizer, text: str, *, depth_cap: int | None = None,
              fixed_depth: int | None = None, routing_mode: str = "causal") -> dict:
     """Mean next-token NLL over the whole text, in consecutive windows of the context length."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(sanitize(text)[0], add_special_tokens=False)["input_ids"]
     if len(ids) < 2:
         raise ValueError("the text needs at least two tokens to measure a next-token NLL.")
     ctx = model.config.max_position_embeddings
@@ -152,7 +167,7 @@ def kv_report(model: MoRForCausalLM, tokenizer, text: str) -> KVReport:
     per = 2 * cfg.num_key_value_heads * cfg.head_dim * torch.finfo(model.dtype).bits // 8
     prelude, steps, coda = cfg.layer_plan()
     unique_bytes = (len(prelude) + len(coda)) * len(ids) * per
-    runs = {"full": (model, dict(fixed_depth=cfg.num_recursions)),
+    runs = {"full": (with_kv_cache(model, "recursion_wise"), dict(fixed_depth=cfg.num_recursions)),
             "recursion_wise": (with_kv_cache(model, "recursion_wise"), {}),
             "shared": (with_kv_cache(model, "shared"), {})}
     report = KVReport(tokens=len(ids), bytes_per_token_per_layer=per)

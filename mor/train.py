@@ -35,8 +35,7 @@ from .loading import save_checkpoint
 from .modeling_mor import MoRForCausalLM
 
 # Model shapes shared by the suite: d_model 256, vocab 8192, 8 effective layers.
-BASE = dict(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=1024)
+BASE = dict(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2)
 PRESETS: dict[str, dict] = {
     "vanilla": dict(BASE, num_hidden_layers=8, num_recursions=1, sharing="cycle", routing="none"),
     "recursive-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="none"),
@@ -46,7 +45,7 @@ PRESETS: dict[str, dict] = {
     "mor-ec-r4": dict(BASE, num_hidden_layers=10, num_recursions=4, routing="expert_choice"),
     # for tests and smoke runs
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=5, num_recursions=3, routing="expert_choice", max_position_embeddings=256),
+                 num_hidden_layers=5, num_recursions=3, routing="expert_choice"),
 }
 
 
@@ -197,7 +196,9 @@ def load_resume(out: Path, model, optimizer) -> dict | None:
 def build_config(args, vocab_size: int, tokenizer) -> MoRConfig:
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}.")
-    kwargs = dict(PRESETS[args.preset], vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id,
+    # The context window is what the model was trained on: RoPE positions beyond it were never seen.
+    kwargs = dict(PRESETS[args.preset], max_position_embeddings=args.seq_len, vocab_size=vocab_size,
+                  eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
     for item in args.set or []:
         key, _, value = item.partition("=")

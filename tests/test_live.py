@@ -22,7 +22,7 @@ def collect(model, ids, **kwargs):
 def test_greedy_stream_equals_generate(routing, depth):
     model = tiny_model(routing=routing)  # eos_token_id is None, so generate never stops early
     torch.manual_seed(0)
-    ids = torch.randint(0, 99, (1, 7))
+    ids = torch.randint(0, 99, (4, 7))  # several rows: a random model repeats one token per row
     seq, depths, _ = collect(model, ids, max_new_tokens=10, **depth)
     ref_seq, ref_depths = model.generate(ids, max_new_tokens=10, return_depths=True, **depth)
     assert torch.equal(seq, ref_seq)

@@ -1,0 +1,196 @@
+"""How MoR works: parameter sharing, expert- vs token-choice routing and why top-k is not causal,
+the two KV-cache strategies, and unique vs effective parameters, on the loaded checkpoint."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import common
+import learn_view as lw
+import live_view as lv
+from mor.configuration_mor import SHARING_STRATEGIES
+
+# Columns of the KV grid; longer texts are counted in full but drawn only this far.
+KV_GRID_TOKENS = 16
+SHARING_HELP = {
+    "cycle": "The block of unique layers repeats: ABC ABC ABC.",
+    "sequence": "Each unique layer is applied several times in a row: AAA BBB CCC.",
+    "middle_cycle": "First and last layer unique; the middle cycles. The paper's best strategy.",
+    "middle_sequence": "First and last layer unique; the middle repeats each layer in a row.",
+}
+
+st.title("🎓 How MoR works")
+st.markdown(
+    "A **Mixture-of-Recursions** model stores a few layers and applies them again and again. "
+    "A router decides, token by token, how many times (its *depth*): easy tokens stop early, "
+    "hard ones go deeper. Below, each idea is shown on the checkpoint picked in the sidebar.")
+
+name = common.checkpoint_picker()
+if name is None:
+    st.stop()
+names = common.checkpoint_names()
+
+
+def section_sharing() -> None:
+    """(a) Parameter sharing: the effective-to-unique layer map for any L, N_r, strategy."""
+    st.header("1. Parameter sharing")
+    st.markdown("L effective layers are built from fewer unique layers, used N_r times. "
+                "Each box is one effective layer; its letter and colour name the unique layer whose "
+                "weights it uses.")
+    c1, c2, c3 = st.columns(3)
+    layers = c1.number_input("Effective layers L", 2, 24, 8, key="learn_L")
+    recursions = c2.number_input("Recursions N_r", 1, 8, 3, key="learn_Nr")
+    sharing = c3.selectbox("Strategy", SHARING_STRATEGIES, index=SHARING_STRATEGIES.index("middle_cycle"),
+                           key="learn_sharing")
+    st.caption(SHARING_HELP[sharing])
+    plan = lw.sharing_plan(int(layers), int(recursions), sharing)
+    if "error" in plan:
+        st.warning(f"That combination does not work: {plan['error']}")
+        return
+    st.html(lw.sharing_diagram(plan))
+    st.caption(f"Plan: {lw.plan_text(plan)} — {int(layers)} effective layers from {plan['unique']} unique "
+               f"layers, which store {plan['unique'] / int(layers):.0%} of the layer parameters of a "
+               f"vanilla stack of {int(layers)} layers.")
+
+
+def section_routing(text: str) -> None:
+    """(b) Expert-choice top-k vs the causal threshold, the causality problem, token-choice."""
+    st.header("2. Expert-choice vs token-choice routing")
+    st.markdown(
+        "**Expert-choice**: at each recursion step, the step's router scores the tokens still "
+        "active and keeps the top-k of them (a fixed fraction, the *capacity*). That is how the "
+        "model trains. Top-k compares a token with every other token of the sequence, including "
+        "later ones, so it cannot be used while generating; there, each token continues iff "
+        "sigmoid(router logit) > threshold, a decision it makes alone.  \n"
+        "**Token-choice**: one router picks each token's whole depth up front; there is no "
+        "ranking, so it is causal, but nothing guarantees the depths stay balanced.")
+    summaries = lv.readable_summaries(names)
+    ec = [n for n, info in summaries.items() if info["routing"] == "expert_choice"]
+    if not ec:
+        st.info("No expert-choice checkpoint is available to show this on.")
+    else:
+        ec_name = st.selectbox("Expert-choice checkpoint", ec, index=ec.index(name) if name in ec else 0,
+                               key="learn_ec")
+        show_top_k_vs_threshold(ec_name, text)
+        show_causality(ec_name, text)
+    tc = [n for n, info in summaries.items() if info["routing"] == "token_choice"]
+    if tc:
+        tc_name = st.selectbox("Token-choice checkpoint", tc, index=tc.index(name) if name in tc else 0,
+                               key="learn_tc")
+        show_token_choice(tc_name, text)
+
+
+def show_top_k_vs_threshold(ec_name: str, text: str) -> None:
+    """Depths under top-k and under the threshold, side by side, with per-step counts."""
+    comparison = lw.routing_comparison(ec_name, text)
+    if not comparison["tokens"]:
+        st.info("Type some text to route.")
+        return
+    R = comparison["num_recursions"]
+    st.subheader("Which tokens each rule keeps")
+    st.html(lv.depth_legend(R))
+    st.markdown("**Top-k** (training rule, sees the whole text)")
+    st.html(lv.token_spans(comparison["tokens"], comparison["top"]["depths"], R, set(comparison["disagree"])))
+    st.markdown("**Threshold** (decoding rule, each token alone)")
+    st.html(lv.token_spans(comparison["tokens"], comparison["causal"]["depths"], R, set(comparison["disagree"])))
+    st.caption(f"Outlined: the {len(comparison['disagree'])} of {len(comparison['tokens'])} tokens whose "
+               "depth differs between the two rules. Training teaches each router (with an auxiliary "
+               "loss) to predict top-k's choice; the better it learned, the fewer tokens are outlined.")
+    st.dataframe(pd.DataFrame(comparison["steps"]), hide_index=True)
+    with st.expander("Router scores per token"):
+        st.dataframe(pd.DataFrame(lw.score_table(comparison)), hide_index=True)
+
+
+def show_causality(ec_name: str, text: str) -> None:
+    """A prefix routed alone vs inside the full text, under each rule."""
+    st.subheader("Why top-k is not causal")
+    n = len(lw.routing_comparison(ec_name, text)["tokens"])
+    if n < 3:
+        st.info("Use a text of at least three tokens to see this.")
+        return
+    cut = st.slider("Route only the first tokens, then the whole text", 1, n - 1, n // 2, key="learn_cut")
+    st.markdown(f"Each rule routes the first **{cut}** tokens on their own, then the same tokens "
+                "with the rest of the text after them. Outlined tokens changed depth only because "
+                "text was appended *after* them.")
+    R = lv.checkpoint_summary(ec_name)["num_recursions"]
+    for mode, label in (("capacity", "Top-k"), ("causal", "Threshold")):
+        check = lw.causality_check(ec_name, text, cut, mode)
+        changed = set(check["changed"])
+        st.markdown(f"**{label}**: {len(changed)} of {check['compared']} tokens changed depth.")
+        # Equal-width labels keep the two rows' tokens aligned (the font is monospace).
+        st.html(lv.token_spans(check["tokens"], check["prefix_depths"], R, changed, prefix="alone:   "))
+        st.html(lv.token_spans(check["tokens"], check["full_depths"], R, changed, prefix="in text: "))
+
+
+def show_token_choice(tc_name: str, text: str) -> None:
+    """A token-choice checkpoint's depths on the same text."""
+    trace = common.get_trace(tc_name, text)
+    if not trace["tokens"]:
+        return
+    R = trace["num_recursions"]
+    st.markdown(f"**Token-choice** ({tc_name}): each token's depth, picked by one router before the "
+                "first recursion.")
+    st.html(lv.token_spans(trace["tokens"], trace["depths"], R))
+    hist = trace["depth_histogram"]
+    st.caption("Tokens per depth on this text: " + ", ".join(f"depth {d}: {c}" for d, c in hist.items()))
+
+
+def section_kv(text: str) -> None:
+    """(c) Recursion-wise caching vs recursive KV sharing, on this text's router depths."""
+    st.header("3. Two ways to cache keys and values")
+    st.markdown(
+        "**Recursion-wise caching**: each recursion step stores K/V only for the tokens that take "
+        "it, and attends only over those, so deep steps are small and cheap.  \n"
+        "**Recursive KV sharing**: only the first step stores K/V (for every token); deeper steps "
+        "reuse it. Less memory and a cheaper prefill, but deep steps attend over every token's "
+        "first-step K/V.")
+    layout = lw.kv_layout(name, text)
+    if not layout["tokens"]:
+        st.info("Type some text to see its cache.")
+        return
+    st.caption(f"{name} was trained with {layout['kv_cache'].replace('_', ' ')} caching. Depths are the "
+               f"ones {name} gives the text above when decoding; first {KV_GRID_TOKENS} tokens drawn. "
+               "● stores this token's K/V; ↺ takes the step but reuses step 1's K/V; "
+               "· exited before this step.")
+    st.markdown("**Recursion-wise**")
+    st.html(lw.kv_grid(layout, "recursion_wise", KV_GRID_TOKENS))
+    st.markdown("**Recursive KV sharing**")
+    st.html(lw.kv_grid(layout, "shared", KV_GRID_TOKENS))
+    R = layout["num_recursions"]
+    st.dataframe(pd.DataFrame(lw.kv_counts(layout)), hide_index=True)
+    st.caption(f"Entries: recursion-block K/V entries per layer for all {len(layout['tokens'])} tokens, "
+               "counted from the depths above (prelude and coda layers cache every token "
+               "either way). Ratio: against every token at every step.")
+    st.markdown(
+        f"**Formula, not a measurement.** With the default capacities (N_r − r + 1)/N_r, step r "
+        f"keeps that fraction of tokens, so recursion-wise caching stores "
+        f"Σ_r (N_r − r + 1)/N_r ÷ N_r = **(N_r + 1)/(2N_r)** of the full cache; for N_r = {R} that is "
+        f"{R + 1}/{2 * R} = {(R + 1) / (2 * R):.3f}. Recursive sharing stores **1/N_r** = {1 / R:.3f}. "
+        "The counts above come from the threshold rule, which only approximates the capacities.")
+
+
+def section_parameters() -> None:
+    """(d) Parameters stored vs parameters a token passes through."""
+    st.header("4. Unique vs effective parameters")
+    counts = lw.parameter_counts(name)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Stored (unique) parameters", f"{counts['unique']:,}")
+    c2.metric("Effective parameters (unrolled)", f"{counts['effective']:,}")
+    c3.metric("Stored / effective", f"{counts['unique'] / counts['effective']:.2f}")
+    st.caption(f"{name}: {counts['layers']} effective layers from {counts['unique_layers']} unique "
+               f"layers ({counts['sharing'].replace('_', ' ')}, N_r = {counts['num_recursions']}). "
+               "Effective counts each unique layer once per use, as a vanilla model of the same depth "
+               "would store it" + ("; the embedding is tied to the output head and counted once."
+                                   if counts["tied"] else "."))
+
+
+section_sharing()
+st.divider()
+st.markdown("The sections below use this text:")
+sample_text = common.text_picker(key="learn_text", height=100)
+section_routing(sample_text)
+st.divider()
+section_kv(sample_text)
+st.divider()
+section_parameters()
