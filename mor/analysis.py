@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -143,15 +144,22 @@ class KVReport:
         return {s: sum(v.values()) for s, v in self.measured.items()}
 
 
+_KV_VARIANTS: "weakref.WeakKeyDictionary[MoRForCausalLM, dict[str, MoRForCausalLM]]" = weakref.WeakKeyDictionary()
+
+
 def with_kv_cache(model: MoRForCausalLM, kv_cache: str) -> MoRForCausalLM:
-    """The same weights under another KV strategy (a copy; the original is left untouched)."""
+    """The same weights under another KV strategy: a copy made once per model and strategy
+    (the original is never modified, so a model shared between app sessions stays intact)."""
     if model.config.kv_cache == kv_cache:
         return model
-    config = copy.deepcopy(model.config)
-    config.kv_cache = kv_cache
-    other = MoRForCausalLM(config).to(model.device).eval()
-    other.load_state_dict(model.state_dict())
-    return other
+    variants = _KV_VARIANTS.setdefault(model, {})
+    if kv_cache not in variants:
+        config = copy.deepcopy(model.config)
+        config.kv_cache = kv_cache
+        other = MoRForCausalLM(config).to(model.device).eval()
+        other.load_state_dict(model.state_dict())
+        variants[kv_cache] = other
+    return variants[kv_cache]
 
 
 @torch.no_grad()

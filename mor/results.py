@@ -79,11 +79,15 @@ def measure(name: str, windows: torch.Tensor, kv_text: str, vanilla_nll: np.ndar
         cap_nll, cap_depth = token_nll_and_depths(model, windows, routing_mode="capacity")
         row["capacity_mode_nll"] = float(cap_nll.mean())
         row["causal_capacity_agreement"] = float((cap_depth == depth).mean())
-        # depth of the token being predicted vs how hard it is (NLL of predicting it)
-        d_next = depth[:, 1:].reshape(-1).astype(float)
-        row["spearman_depth_own_nll"] = spearman(d_next, nll.reshape(-1))
+        # Two readings of "hard": the token's own surprisal (NLL of predicting it from its prefix),
+        # and the difficulty of what the position must predict (the next token's NLL), which is
+        # the job the position's recursions actually serve. Both under the model and under vanilla.
+        own, nxt = depth[:, 1:].reshape(-1).astype(float), depth[:, :-1].reshape(-1).astype(float)
+        row["spearman_depth_own_nll"] = spearman(own, nll.reshape(-1))
+        row["spearman_depth_next_nll"] = spearman(nxt, nll.reshape(-1))
         if vanilla_nll is not None:
-            row["spearman_depth_vanilla_nll"] = spearman(d_next, vanilla_nll.reshape(-1))
+            row["spearman_depth_vanilla_own_nll"] = spearman(own, vanilla_nll.reshape(-1))
+            row["spearman_depth_vanilla_next_nll"] = spearman(nxt, vanilla_nll.reshape(-1))
         # does depth vary within a window (a stand-in for a sentence)?
         row["within_window_depth_std"] = float(depth.std(axis=1).mean())
     kv = analysis.kv_report(model, tokenizer, kv_text)
@@ -137,6 +141,34 @@ def write_plots(rows: list[dict], out: Path) -> list[str]:
     return files
 
 
+def claims(rows: list[dict]) -> list[str]:
+    """The suite's three claims, each stated as holding or not from the measured rows."""
+    def verdict(ok: bool) -> str:
+        return "holds" if ok else "does NOT hold"
+
+    out = []
+    base = next((r for r in rows if r["name"] == "vanilla"), None)
+    for r in rows:
+        if r["routing"] == "none":
+            continue
+        parts = []
+        if base:
+            gap = r["val_nll"] / base["val_nll"] - 1
+            ratio = r["unique_params"] / base["unique_params"]
+            parts.append(f"NLL within 2% of vanilla or below: {verdict(gap <= 0.02)} ({100 * gap:+.1f}% with "
+                         f"{100 * ratio:.0f}% of vanilla's unique parameters)")
+        caps = [r["cap_nll"][k] for k in sorted(r["cap_nll"])]
+        falling = all(b <= a + 1e-4 for a, b in zip(caps, caps[1:])) and caps[-1] < caps[0]
+        parts.append(f"NLL falls as the depth cap rises: {verdict(falling)} ({' > '.join(f'{c:.3f}' for c in caps)})")
+        corr = r.get("spearman_depth_vanilla_next_nll")
+        nontrivial = r["within_window_depth_std"] > 0.3 and corr is not None and abs(corr) > 0.1
+        parts.append(f"router not trivial (depth varies within windows, |Spearman| with vanilla next-token NLL > 0.1): "
+                     f"{verdict(nontrivial)} (std {r['within_window_depth_std']:.2f}, Spearman "
+                     + ("n/a" if corr is None else f"{corr:+.2f}") + ")")
+        out.append(f"- **{r['name']}**: " + "; ".join(parts) + ".")
+    return out
+
+
 def render(rows: list[dict], val_tokens: int, kv_tokens: int) -> str:
     lines = [
         "# Results", "",
@@ -145,13 +177,15 @@ def render(rows: list[dict], val_tokens: int, kv_tokens: int) -> str:
         "stated). The training runs come from `bash scripts/train_suite.sh`: every model gets the same "
         "training-FLOPs budget on the same data and tokenizer.", "",
         "## Summary", "",
-        "| checkpoint | routing | N_r | unique params | effective params | tokens seen | training FLOPs | val NLL | val PPL | mean depth |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| checkpoint | routing | N_r | unique params | effective params | tokens seen | training FLOPs | val NLL | vs vanilla | val PPL | mean depth |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base = next((r["val_nll"] for r in rows if r["name"] == "vanilla"), None)
     for r in rows:
+        delta = f"{100 * (r['val_nll'] / base - 1):+.1f}%" if base else "n/a"
         lines.append(f"| {r['name']} | {r['routing']} | {r['R']} | {r['unique_params'] / 1e6:.2f}M | "
                      f"{r['effective_params'] / 1e6:.2f}M | {r['tokens_seen'] / 1e6:.2f}M | {r['training_flops']:.2e} | "
-                     f"{r['val_nll']:.4f} | {math.exp(r['val_nll']):.1f} | {r['mean_depth']:.2f} |")
+                     f"{r['val_nll']:.4f} | {delta} | {math.exp(r['val_nll']):.1f} | {r['mean_depth']:.2f} |")
     lines += ["", "![training loss against FLOPs](loss_curves.png)", "",
               "## NLL at every depth cap", "",
               "Test-time scaling: the same weights with no token allowed more than k recursions. "
@@ -168,18 +202,20 @@ def render(rows: list[dict], val_tokens: int, kv_tokens: int) -> str:
         lines.append(f"| {r['name']} | " + " | ".join(caps) + f" | {r['val_nll']:.4f} | " + " | ".join(extra) + " |")
     lines += ["", "![validation NLL against the depth cap](nll_vs_depth_cap.png)", "",
               "## Do the routers mean anything?", "",
-              "Spearman correlation between the depth a token got and the NLL of predicting it, under the "
-              "model itself and under the vanilla checkpoint (an independent measure of how hard the token is); "
-              "the standard deviation of depth within each 256-token window.", "",
-              "| checkpoint | depth histogram (1..N_r) | within-window depth std | Spearman(depth, own NLL) | Spearman(depth, vanilla NLL) |",
-              "|---|---|---|---|---|"]
+              "Spearman rank correlation between a token's depth and how hard it is, measured by NLL under the "
+              "vanilla checkpoint (independent of the router) and under the model itself. *Own*: the surprisal of "
+              "the token itself; *next*: the NLL of the token that position has to predict. Within-window std: "
+              "how much depth varies inside each 256-token window (0 would mean one depth per text).", "",
+              "| checkpoint | depth histogram (1..N_r) | within-window depth std | own, vanilla NLL | next, vanilla NLL | own, model NLL | next, model NLL |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["routing"] == "none":
             continue
         hist = " / ".join(f"{100 * h / sum(r['depth_hist']):.0f}%" for h in r["depth_hist"])
-        sv = r.get("spearman_depth_vanilla_nll")
-        lines.append(f"| {r['name']} | {hist} | {r['within_window_depth_std']:.3f} | {r['spearman_depth_own_nll']:+.3f} | "
-                     + (f"{sv:+.3f}" if sv is not None else "n/a") + " |")
+        cells = [r.get(k) for k in ("spearman_depth_vanilla_own_nll", "spearman_depth_vanilla_next_nll",
+                                    "spearman_depth_own_nll", "spearman_depth_next_nll")]
+        lines.append(f"| {r['name']} | {hist} | {r['within_window_depth_std']:.3f} | "
+                     + " | ".join("n/a" if c is None else f"{c:+.3f}" for c in cells) + " |")
     lines += ["", "## KV-cache bytes per strategy", "",
               f"Measured after a prefill of one {kv_tokens}-token validation window (float32), by reading the cache; "
               "\"full\" is every token at full depth (the recursive baseline), \"recursion-wise\" and \"shared\" "
@@ -191,6 +227,7 @@ def render(rows: list[dict], val_tokens: int, kv_tokens: int) -> str:
         lines.append(f"| {r['name']} | {kv['full'] / 1024:.0f} KiB | {kv['recursion_wise'] / 1024:.0f} KiB | "
                      f"{kv['shared'] / 1024:.0f} KiB | {kv['recursion_wise'] / kv['full']:.2f} | "
                      f"{'✓' if r['kv_formula_ok'] else '✗'} |")
+    lines += ["", "## Claims checked on these numbers", ""] + claims(rows)
     lines += ["", "## What the paper reports for the same comparisons", ""]
     for r in rows:
         if r["name"] in PAPER:
