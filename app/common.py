@@ -26,9 +26,20 @@ def checkpoint_names() -> list[str]:
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…")
-def get_model(name: str):
-    """(model, tokenizer), loaded once per server and shared by every session: never mutate it."""
+def _load_model(name: str):
     return mor.load(name, device="auto")
+
+
+def get_model(name: str):
+    """(model, tokenizer), loaded once per server and shared by every session: never mutate it.
+    A checkpoint that cannot be loaded stops the page with the loader's message (which names the
+    file and the problem) instead of a traceback; failures are not cached, so a fixed folder loads
+    on the next rerun."""
+    try:
+        return _load_model(name)
+    except mor.CheckpointError as err:
+        st.error(f"Checkpoint {name!r} cannot be loaded: {err}")
+        st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

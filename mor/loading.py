@@ -67,7 +67,16 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' is CUDA when present, else CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for CUDA, which this machine/PyTorch build does not have; "
+                         f"use auto or cpu.")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return chosen
 
 
 def load_config(folder: Path) -> MoRConfig:

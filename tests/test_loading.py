@@ -149,3 +149,10 @@ def test_tokenizer_that_does_not_match(saved, tmp_path):
     with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
         mor.load(folder)
     assert cfg["vocab_size"] == VOCAB
+
+
+@pytest.mark.parametrize("device,message", [("tpu", "unknown device 'tpu'"), ("meta", "not supported")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "asked for CUDA")]))
+def test_bad_device_is_a_clear_error(saved, device, message):
+    with pytest.raises(ValueError, match=message):
+        mor.load(saved[1], device=device)

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import common
+import controls
 import learn_view as lw
 import live_view as lv
 from mor.configuration_mor import SHARING_STRATEGIES
@@ -189,6 +190,8 @@ section_sharing()
 st.divider()
 st.markdown("The sections below use this text:")
 sample_text = common.text_picker(key="learn_text", height=100)
+controls.truncation_note(common.get_trace(name, sample_text),
+                         common.get_model(name)[0].config.max_position_embeddings)
 section_routing(sample_text)
 st.divider()
 section_kv(sample_text)

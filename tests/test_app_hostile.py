@@ -1,0 +1,253 @@
+"""Hostile input to the app, through Streamlit's AppTest (the real pages, no browser).
+
+Texts: every page that takes text gets empty text, whitespace only, one character, 50,000
+characters, emoji, CJK, right-to-left scripts, combining marks and control characters with NUL.
+Each must give no exception and either a clear message or the right numbers (checked against
+`mor.analysis.trace` run here).
+
+Checkpoints: $MOR_CHECKPOINTS points at a folder holding one broken copy of a shipped checkpoint
+(truncated weights, a pickle in place of the weights, a pickle beside no weights, a config whose
+sizes do not match the weights, a config that is not JSON). Every page must show the loader's
+message naming the broken file, without a traceback, and never unpickle anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mor
+from mor import analysis
+from mor.loading import load_config
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+PAGES = ("heatmap", "scaling", "kv_memory", "compare", "learn", "throughput")
+
+_SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
+HOSTILE = {
+    "empty": "",
+    "whitespace": "   \n\t \n  ",
+    "one_char": "a",
+    "50k_chars": (_SENTENCE * (50_000 // len(_SENTENCE) + 1))[:50_000],
+    "emoji": "I 😀 love 🍕 and 👩‍👩‍👧‍👦 families 🇫🇷 flags 👍🏽!",
+    "cjk": "中文文本，日本語のテキスト、한국어 텍스트。",
+    "rtl": "مرحبا بالعالم שלום עולם \u202eRTL override\u202c done",
+    "combining": "e\u0301\u0302\u0303 Z\u0351\u0352\u0353\u0354a\u0308\u0308\u0308 n\u0303",
+    "control_nul": "a\x00b\x01c\x1b[31mred\x7f\x08 tab\there\r\nline\x0c\x00end",
+}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """(name, folder) of the smallest shipped expert-choice checkpoint with weights."""
+    folders = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
+    if not folders:
+        pytest.skip("no shipped checkpoint found (train one, or set MOR_CHECKPOINTS)")
+    folder = min(folders, key=lambda f: (load_config(f).routing != "expert_choice",
+                                         (f / "model.safetensors").stat().st_size))
+    return folder.name, folder
+
+
+@pytest.fixture(scope="module")
+def reference(shipped):
+    """The checkpoint loaded here; `reference(text)` is the trace the pages should show."""
+    model, tokenizer = mor.load(shipped[0], device="cpu")
+    cache = {}
+
+    def trace(text: str) -> dict:
+        if text not in cache:
+            cache[text] = analysis.trace(model, tokenizer, text).to_json()
+        return cache[text]
+
+    trace.config = model.config
+    return trace
+
+
+def open_page(name: str, page: str) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.query_params.update(ckpt=name)
+    at.run()
+    if page != "heatmap":
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts_of(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def metrics(at: AppTest, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def no_exception(at: AppTest, what: str) -> None:
+    assert not at.exception, f"{what}: {[e.value for e in at.exception]}"
+    assert not at.error, f"{what}: {texts_of(at.error)}"
+
+
+def set_text(at: AppTest, text: str, label: str = "Text") -> AppTest:
+    area = next(a for a in at.text_area if a.label == label)
+    return area.set_value(text).run()
+
+
+# ---- texts -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "throughput"])
+def test_hostile_text(shipped, reference, page, kind):
+    name, _ = shipped
+    text = HOSTILE[kind]
+    at = set_text(open_page(name, page), text)
+    no_exception(at, f"{page} / {kind}")
+    expected = reference(text)
+    tokens = len(expected["tokens"])
+    context = reference.config.max_position_embeddings
+    warnings = " ".join(texts_of(at.warning))
+    infos = " ".join(texts_of(at.info))
+
+    if tokens == 0:  # only the empty text tokenizes to nothing
+        assert kind == "empty"
+        expected_note = "Type some text" if page == "learn" else "The text is empty"
+        assert expected_note in infos, f"{page}: no message for an empty text; infos: {infos!r}"
+        return
+    if kind == "50k_chars":
+        assert tokens == context and expected["truncated_tokens"] > 0
+        assert f"only the first {context} tokens are shown" in warnings, f"{page}: no truncation notice"
+        assert f"{expected['truncated_tokens']} tokens were dropped" in warnings
+    else:
+        assert expected["truncated_tokens"] == 0 and "tokens were dropped" not in warnings
+
+    if page in ("heatmap", "scaling"):
+        assert metrics(at, "Tokens") == [str(tokens)]
+        assert metrics(at, "Mean depth") == [f"{expected['mean_depth']:.3f}"]
+        body = "".join(h.proto.body for h in at.html)
+        assert body.count('class="mor-tok"') == tokens
+    elif page == "compare":  # side A: the router; side B: every token at full depth
+        assert metrics(at, "Tokens") == [str(tokens), str(tokens)]
+        assert metrics(at, "Mean depth")[0] == f"{expected['mean_depth']:.3f}"
+        assert metrics(at, "Mean depth")[1] == f"{reference.config.num_recursions:.3f}"
+    elif page == "kv_memory":
+        assert f"After a prefill of {tokens} tokens" in [s.value for s in at.subheader]
+    elif page == "learn":
+        captions = " ".join(texts_of(at.caption))
+        assert f"tokens whose depth differs between the two rules" in captions
+        assert f"for all {tokens} tokens" in captions
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_prompt_on_throughput(shipped, reference, kind):
+    """The live page decodes 4 tokens for one row from each prompt (no side-by-side table)."""
+    name, _ = shipped
+    text = HOSTILE[kind]
+    at = open_page(name, "throughput")
+    at.slider(key="tp_batch").set_value(1)
+    at.slider(key="tp_new").set_value(4)
+    at.checkbox(key="tp_table").uncheck()
+    at = set_text(at, text, label="Prompt")
+    at = at.button(key="tp_run").click().run()
+    no_exception(at, f"throughput / {kind}")
+    if kind == "empty":
+        assert any("Type a prompt first" in w for w in texts_of(at.warning))
+        return
+    assert metrics(at, "Tokens decoded") == ["4"]
+    captions = " ".join(texts_of(at.caption))
+    if kind == "50k_chars":
+        keep = reference.config.max_position_embeddings - 4
+        assert f"The prompt was cut to its last {keep} tokens" in captions
+    else:
+        assert "The prompt was cut" not in captions
+
+
+# ---- broken checkpoints ----------------------------------------------------------------------
+
+class _Boom:
+    """Unpickling this runs `open(marker, "w")`: proof, if the marker appears, that a pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3])
+
+
+def _pickle_as_safetensors(folder: Path) -> None:
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"state_dict": _Boom(folder.parent / "UNPICKLED")}))
+
+
+def _pickle_only(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(folder.parent / "UNPICKLED")))
+
+
+def _wrong_intermediate_size(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] += 64
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _config_not_json(folder: Path) -> None:
+    (folder / "config.json").write_text('{"model_type": "mor", "hidden_size": ')
+
+
+BROKEN = {  # name: (how the copy is broken, text the error must contain)
+    "truncated-weights": (_truncate, "model.safetensors is not a readable safetensors file"),
+    "pickle-as-safetensors": (_pickle_as_safetensors, "model.safetensors is not a readable safetensors file"),
+    "pickle-only": (_pickle_only, "pytorch_model.bin, a pickle format this project never loads"),
+    "wrong-intermediate-size": (_wrong_intermediate_size,
+                                "model.safetensors does not match config.json: shape mismatches"),
+    "config-not-json": (_config_not_json, "config.json is not valid JSON"),
+}
+
+
+@pytest.fixture(params=list(BROKEN))
+def broken(request, shipped, tmp_path, monkeypatch):
+    """MOR_CHECKPOINTS -> a folder holding one broken copy (named `broken-<kind>`) of the checkpoint."""
+    kind = request.param
+    _, source = shipped
+    folder = tmp_path / "ckpts" / f"broken-{kind}"
+    shutil.copytree(source, folder)
+    BROKEN[kind][0](folder)
+    monkeypatch.setenv("MOR_CHECKPOINTS", str(folder.parent))
+    yield folder, BROKEN[kind][1]
+    assert not (folder.parent / "UNPICKLED").exists(), "a pickle was unpickled"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_broken_checkpoint_shows_a_clear_error(broken, page):
+    folder, message = broken
+    at = open_page(folder.name, page)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = texts_of(at.error)
+    assert errors, f"{page}: no error shown for {folder.name}"
+    error = errors[0]
+    assert message in error, error
+    assert str(folder) in error  # names the file, with its folder
+    assert "Traceback" not in error
+
+
+def test_good_checkpoints_still_load_beside_a_broken_one(shipped, tmp_path, monkeypatch):
+    """A broken folder under MOR_CHECKPOINTS does not stop the app from using a good one."""
+    name, source = shipped
+    folder = tmp_path / "ckpts" / "broken-copy"
+    shutil.copytree(source, folder)
+    _truncate(folder)
+    monkeypatch.setenv("MOR_CHECKPOINTS", str(folder.parent))
+    at = open_page(name, "heatmap")
+    no_exception(at, "heatmap with a good checkpoint")
+    assert metrics(at, "Tokens")
+    assert os.environ["MOR_CHECKPOINTS"] == str(folder.parent)

@@ -1,0 +1,410 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright against `streamlit run`.
+
+One Streamlit server (a subprocess on a free port) and one headless Chromium serve the whole
+module. Every number the pages show is checked against `mor.analysis.trace` run here on the same
+checkpoint. Skipped when /usr/bin/chromium, Playwright or a shipped checkpoint is missing; a
+browser is never downloaded.
+
+The screenshot test writes to a temporary folder; set MOR_SCREENSHOTS_DIR=docs/screenshots to
+refresh the README's images from the test run (or run `python scripts/screenshots.py`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package to run the browser tests",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright (pip install playwright) is not installed")
+
+import mor  # noqa: E402
+from mor import analysis  # noqa: E402
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+shots = _load_script("screenshots")
+sys.path.insert(0, str(ROOT / "app"))
+import render  # noqa: E402  (app/render.py: the heatmap colours, pure functions)
+
+TIMEOUT_MS = 60_000
+TEXT_A = "The cat sat on the mat."
+TEXT_B = "In 1648 the Peace of Westphalia ended the Thirty Years' War, and the old empire never recovered."
+PAYLOAD = "<img src=x onerror=alert(1)></div><script>alert(2)</script>"
+SESSION_TEXTS = [
+    "Session zero talks about apples and orchards in the autumn.",
+    "Session one: the train left Paris at 9:15 and reached Lyon by noon.",
+    "Session two counts 3, 14, 159, 2653 and stops.",
+    "Session three asks whether the sea is ever truly calm.",
+    "Session four: photosynthesis turns light, water and carbon dioxide into sugar.",
+    "Session five reads a poem about the moon over the river.",
+    "Session six lists iron, copper, zinc, tin and lead.",
+    "Session seven: the committee voted to postpone the decision until spring.",
+]
+
+
+def shipped_checkpoint() -> str | None:
+    """mor-ec-r3 when shipped, else the first shipped checkpoint with a router and N_r >= 2."""
+    folders = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
+    names = [f.name for f in folders]
+    if shots.PREFERRED_CHECKPOINT in names:
+        return shots.PREFERRED_CHECKPOINT
+    for folder in folders:
+        cfg = mor.loading.load_config(folder)
+        if cfg.routing != "none" and cfg.num_recursions >= 2:
+            return folder.name
+    return None
+
+
+CHECKPOINT = shipped_checkpoint()
+if CHECKPOINT is None:
+    pytest.skip("no shipped checkpoint with a router and at least two recursions under checkpoints/",
+                allow_module_level=True)
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`streamlit run app/main.py` on a free port; yields (base_url, process); stopped at the end."""
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    port = shots.free_port()
+    proc = shots.start_server(port, log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        shots.wait_until_up(base_url, proc, timeout=60)
+    except Exception as err:
+        shots.stop_server(proc)
+        pytest.fail(f"the Streamlit server did not start: {err}\n{log.read_text(errors='replace')[-3000:]}")
+    yield base_url, proc
+    shots.stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = shots.launch_browser(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The same checkpoint, loaded here: the reference for every number the pages show."""
+    return mor.load(CHECKPOINT, device="cpu")
+
+
+def new_page(browser):
+    """A page in a fresh context (its own Streamlit session) that records every JS dialog."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.dialogs = []
+
+    def on_dialog(dialog):
+        page.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    context, page = new_page(browser)
+    yield page
+    context.close()
+
+
+# ---- reading the page ------------------------------------------------------------------------
+
+STATE_JS = """() => {
+    const metrics = {};
+    document.querySelectorAll('[data-testid="stMetric"]').forEach(m => {
+        const label = m.querySelector('[data-testid="stMetricLabel"]');
+        const value = m.querySelector('[data-testid="stMetricValue"]');
+        if (label && value) metrics[label.innerText.trim()] = value.innerText.trim();
+    });
+    const heat = document.querySelector('.mor-heatmap .mor-text');
+    const spans = heat ? Array.from(heat.querySelectorAll('.mor-tok')) : [];
+    return {text: heat ? heat.textContent : null, visible: !!(heat && heat.offsetParent),
+            depths: spans.map(s => Number(s.dataset.depth)),
+            colours: spans.map(s => getComputedStyle(s).backgroundColor), metrics,
+            url: location.href};
+}"""
+
+
+def state(page) -> dict:
+    return page.evaluate(STATE_JS)
+
+
+def expected(model, text: str, depth_cap: int | None = None) -> dict:
+    m, tokenizer = model
+    return analysis.trace(m, tokenizer, text, depth_cap=depth_cap, routing_mode="causal").to_json()
+
+
+def rgb(colour: str) -> str:
+    return "rgb({}, {}, {})".format(*(int(colour[i:i + 2], 16) for i in (1, 3, 5)))
+
+
+def wait_for_trace(page, trace: dict, text: str, timeout_ms: float = TIMEOUT_MS) -> dict:
+    """Wait until the heatmap shows `text` and the metrics show `trace`'s token count, mean
+    depth and NLL; return the page state. On timeout, fail with what the page shows instead."""
+    want = {"text": text, "tokens": str(len(trace["tokens"])), "mean": f"{trace['mean_depth']:.3f}",
+            "nll": trace["nll"]}
+    try:
+        page.wait_for_function(
+            """want => {
+                const heat = document.querySelector('.mor-heatmap .mor-text');
+                if (!heat || heat.textContent !== want.text) return false;
+                const m = {};
+                document.querySelectorAll('[data-testid="stMetric"]').forEach(e => {
+                    const l = e.querySelector('[data-testid="stMetricLabel"]');
+                    const v = e.querySelector('[data-testid="stMetricValue"]');
+                    if (l && v) m[l.innerText.trim()] = v.innerText.trim();
+                });
+                // Metrics arrive one by one, so wait for the last of them (NLL) as well.
+                return m['Tokens'] === want.tokens && m['Mean depth'] === want.mean
+                    && Math.abs(Number(m['Mean NLL']) - want.nll) < 2e-3
+                    && heat.querySelectorAll('.mor-tok').length === Number(want.tokens);
+            }""", arg=want, timeout=max(timeout_ms, 1000))
+    except sync_api.TimeoutError:
+        got = state(page)
+        pytest.fail(f"the page never showed {want}; it shows text={got['text']!r} metrics={got['metrics']}")
+    return state(page)
+
+
+def paste(page, text: str, label: str = "Text") -> None:
+    """Replace the text area's content and submit it (Ctrl+Enter), as a user pasting would."""
+    area = page.get_by_label(label, exact=True)
+    area.fill(text)
+    area.press("Control+Enter")
+
+
+def assert_matches(got: dict, trace: dict, R: int) -> None:
+    assert got["visible"], "the heatmap is not visible"
+    assert got["depths"] == trace["depths"]
+    assert got["colours"] == [rgb(render.depth_colour(d, R)) for d in trace["depths"]]
+    assert abs(float(got["metrics"]["Mean NLL"]) - trace["nll"]) < 2e-3
+
+
+def open_app(page, base_url: str, path: str = "", **query) -> None:
+    from urllib.parse import urlencode
+
+    page.goto(f"{base_url}/{path}?{urlencode({'ckpt': CHECKPOINT, **query})}", timeout=TIMEOUT_MS)
+    page.locator("h1").first.wait_for()
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def test_heatmap_follows_the_text(server, page, model):
+    base_url, _ = server
+    R = model[0].config.num_recursions
+    open_app(page, base_url)
+    page.wait_for_selector(".mor-tok")
+    shown = {}
+    for text in (TEXT_A, TEXT_B):
+        paste(page, text)
+        trace = expected(model, text)
+        got = wait_for_trace(page, trace, text)
+        assert_matches(got, trace, R)
+        assert float(got["metrics"]["Mean depth"]) == pytest.approx(trace["mean_depth"], abs=5e-4)
+        assert "text=" in got["url"]  # the URL now reproduces the view
+        shown[text] = got
+    a, b = shown[TEXT_A], shown[TEXT_B]
+    assert a["metrics"]["Tokens"] != b["metrics"]["Tokens"]
+    assert a["metrics"]["Mean NLL"] != b["metrics"]["Mean NLL"]
+    assert a["depths"] != b["depths"] and a["colours"] != b["colours"]
+    assert not page.dialogs
+
+
+def test_scaling_slider_changes_depths(server, page, model):
+    base_url, _ = server
+    R = model[0].config.num_recursions
+    text = TEXT_B
+    open_app(page, base_url, "scaling", text=text)
+    free = expected(model, text)
+    assert len(set(free["depths"])) > 1, "the reference text should take more than one depth"
+    at_free = wait_for_trace(page, free, text)
+    assert_matches(at_free, free, R)
+
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+    assert slider.input_value() == str(R)
+    slider.focus()
+    for _ in range(R - 1):
+        slider.press("ArrowLeft")
+    capped = expected(model, text, depth_cap=1)
+    at_one = wait_for_trace(page, capped, text)
+    assert_matches(at_one, capped, R)
+    assert at_one["metrics"]["Mean depth"] == "1.000" and set(at_one["depths"]) == {1}
+    assert len(set(at_one["colours"])) == 1 and at_one["colours"] != at_free["colours"]
+    assert at_one["metrics"]["Mean NLL"] != at_free["metrics"]["Mean NLL"]
+    assert "cap=1" in at_one["url"]
+
+    slider.press("ArrowRight")
+    two = expected(model, text, depth_cap=2 if R > 2 else None)
+    at_two = wait_for_trace(page, two, text)
+    assert_matches(at_two, two, R)
+    assert max(at_two["depths"]) <= 2
+    assert not page.dialogs
+
+
+def test_injected_markup_is_shown_as_text(server, page, model):
+    """The payload is escaped on every page that draws tokens: the heatmap, the learn page's
+    routing rows, and the live decode's prompt; no alert ever fires."""
+    base_url, _ = server
+    R = model[0].config.num_recursions
+    open_app(page, base_url)
+    page.wait_for_selector(".mor-tok")
+    paste(page, PAYLOAD)
+    trace = expected(model, PAYLOAD)
+    got = wait_for_trace(page, trace, PAYLOAD)
+    assert_matches(got, trace, R)
+    page.get_by_role("button", name="Trace (JSON)").wait_for()  # the script ran to its end
+
+    open_app(page, base_url, "learn")
+    paste(page, PAYLOAD)
+    page.wait_for_function("t => Array.from(document.querySelectorAll('div')).some(d => d.textContent === t)",
+                           arg=PAYLOAD)
+    page.get_by_role("heading", name="4. Unique vs effective parameters").wait_for()
+
+    open_app(page, base_url, "throughput")
+    page.get_by_label("Then measure every depth setting side by side").uncheck(force=True)
+    page.wait_for_timeout(500)
+    paste(page, PAYLOAD, label="Prompt")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Run", exact=True).click()
+    prompt = page.get_by_text(PAYLOAD, exact=True)
+    prompt.first.wait_for()
+    assert prompt.first.is_visible()
+
+    page.wait_for_timeout(1000)  # give a script, had one been injected, time to run
+    assert page.dialogs == []
+    assert page.locator('img[src="x"]').count() == 0
+    assert not page.evaluate("Array.from(document.scripts).some(s => s.textContent.includes('alert('))")
+
+
+def test_long_and_control_text(server, page, model):
+    """50,000 characters: truncation notice, 256 tokens, and the text survives a rerun caused by
+    another widget (it is too long for the URL). Control characters and NUL: counted, no error."""
+    base_url, _ = server
+    context = model[0].config.max_position_embeddings
+    long_text = ("The quick brown fox jumps over the lazy dog. " * 1200)[:50_000]
+    open_app(page, base_url)
+    page.wait_for_selector(".mor-tok")
+    paste(page, long_text)
+    dropped = expected(model, long_text)["truncated_tokens"]
+    page.get_by_text(f"only the first {context} tokens are shown; {dropped} tokens were dropped").wait_for()
+    page.wait_for_function("n => Array.from(document.querySelectorAll('.mor-tok')).length === n", arg=context)
+    assert "text=" not in page.url  # too long for a shareable link: left out of the URL
+    page.get_by_text("capacity", exact=True).click()  # a rerun for another reason
+    page.wait_for_function("() => location.href.includes('mode=capacity')")
+    page.get_by_text(f"{dropped} tokens were dropped").wait_for()
+    assert len(page.get_by_label("Text", exact=True).input_value()) == 50_000
+
+    control = "a\x00b\x01c\x1b[31mred\x7f\x08 tab\there\nline\x0c\x00end"
+    paste(page, control)
+    trace = expected(model, control)
+    page.wait_for_function("n => Array.from(document.querySelectorAll('.mor-tok')).length === n",
+                           arg=len(trace["tokens"]))
+    page.get_by_text("Trace (JSON)").wait_for()
+    got = state(page)
+    assert got["metrics"]["Tokens"] == str(len(trace["tokens"]))
+    # The HTML parser drops NUL; a newline is drawn as a faint "↵" and a line break; the rest is shown as is.
+    assert got["text"] == control.replace("\x00", "").replace("\n", "↵")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert not page.dialogs
+
+
+def test_screenshots_of_every_page(server, browser, tmp_path):
+    from PIL import Image, ImageStat
+
+    base_url, _ = server
+    out = Path(os.environ.get("MOR_SCREENSHOTS_DIR") or tmp_path)
+    paths = shots.capture_pages(base_url, out, browser=browser, checkpoint=CHECKPOINT, timeout=90,
+                                quick=not os.environ.get("MOR_SCREENSHOTS_DIR"), log=lambda *_: None)
+    assert [p.stem for p in paths] == list(shots.PAGES)
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size == (1400, 1000), path
+            grey = image.convert("L")
+            # Not blank: many grey levels and real contrast (a white or single-colour page has neither).
+            assert len(grey.getcolors(256) or []) > 40, f"{path.name} looks blank"
+            assert ImageStat.Stat(grey).stddev[0] > 20, f"{path.name} looks blank"
+
+
+def test_eight_sessions_at_once_each_see_their_own_text(server, browser, model):
+    base_url, proc = server
+    deadline = time.monotonic() + 120
+    rss_before = server_rss_mib(proc.pid)
+    contexts, pages = [], []
+    try:
+        for _ in SESSION_TEXTS:
+            context, page = new_page(browser)
+            contexts.append(context)
+            pages.append(page)
+        for page in pages:  # open all eight before waiting on any: the server runs them together
+            page.goto(f"{base_url}/?ckpt={CHECKPOINT}", wait_until="commit", timeout=TIMEOUT_MS)
+        for page in pages:
+            page.wait_for_selector(".mor-tok", timeout=remaining_ms(deadline))
+        opened = 120 - (deadline - time.monotonic())
+        traces = [expected(model, text) for text in SESSION_TEXTS]
+        started = time.monotonic()
+        for page, text in zip(pages, SESSION_TEXTS):  # eight pastes in flight at once
+            paste(page, text)
+        for page, text, trace in zip(pages, SESSION_TEXTS, traces):
+            got = wait_for_trace(page, trace, text, remaining_ms(deadline))
+            assert_matches(got, trace, model[0].config.num_recursions)
+        elapsed = time.monotonic() - started
+        for i, (page, text) in enumerate(zip(pages, SESSION_TEXTS)):  # once all are done, look again
+            got = state(page)
+            assert got["text"] == text
+            assert page.get_by_label("Text", exact=True).input_value() == text
+            body = page.evaluate("document.body.innerText")
+            seen = [marker(t) for t in SESSION_TEXTS if t != text and marker(t) in body]
+            assert not seen, f"session {i} ({marker(text)}) also shows {seen}"
+            assert not page.dialogs
+        rss_after = server_rss_mib(proc.pid)
+        print(f"\n8 sessions: all eight pages up in {opened:.1f} s; all eight results {elapsed:.1f} s "
+              f"after the pastes; server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
+    finally:
+        for context in contexts:
+            context.close()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def marker(text: str) -> str:
+    """"Session three" from "Session three asks whether ...": unique to one session's text."""
+    return " ".join(text.replace(":", "").split()[:2])
+
+
+def remaining_ms(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        pytest.fail("the eight sessions took longer than 120 s")
+    return left * 1000
+
+
+def server_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
