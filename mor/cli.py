@@ -5,6 +5,7 @@
     mor train --preset mor-ec-r3 ...      train a checkpoint (mor/train.py)
     mor eval / mor trace                  evaluate and trace a checkpoint (mor/analysis_cli.py)
     mor results --out docs                regenerate docs/results.md (mor/results.py)
+    mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/bench.py)
 
 Errors a user can cause (bad flags, missing files, broken checkpoints) print one clear line on
 stderr and exit non-zero; they never show a traceback.
@@ -16,7 +17,7 @@ import argparse
 import json
 import sys
 
-from . import analysis_cli, data, loading, results, train
+from . import analysis_cli, bench, data, loading, results, train
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register_cli(sub)
     analysis_cli.register_cli(sub)
     results.register_cli(sub)
+    bench.register_cli(sub)
     return parser
 
 

@@ -1,0 +1,751 @@
+"""Continuous depth-wise batching: many MoR generation requests decoded together.
+
+Run example::
+
+    import mor
+    from mor.engine import Engine
+    model, tok = mor.load("mor-ec-r3", device="cpu")
+    engine = Engine(model, max_batch=16)
+    prompts = [tok(t).input_ids for t in ["The king", "Once upon a time", "In 1990 the"]]
+    for ids, depths in engine.generate(prompts, max_new_tokens=32):  # the new tokens only
+        print(tok.decode(ids), depths)
+    for event in engine.stream(prompts, max_new_tokens=[8, 16, 32]):   # live progress
+        print(event.tokens_generated, f"{event.tokens_per_second:.0f} tok/s")
+
+How it works. Every request in flight has exactly one *item*: the token it is currently pushing
+through the model (a request decodes one token at a time). An engine iteration is:
+
+1. admit waiting requests into free slots (`max_batch` of them): the prompts admitted together
+   are prefilled through the model's own forward and `MoRCache` (one left-padded batch), copied
+   into the engine's preallocated K/V buffers, and each first token picked from the prefill logits;
+2. items that hold a new token run the embedding and the prelude (unique first layers), then the
+   entry routing (expert-choice step-1 gate, or the token-choice depth decision);
+3. the shared recursion block runs ONCE over every item in flight, whatever its recursion step
+   and request: one matmul per weight for all of them. Under sharing "cycle"/"middle_cycle"
+   every step applies the same unique layers, so all items form one batch. Under
+   "sequence"/"middle_sequence" different steps apply different unique layers, so items are
+   grouped per unique-layer list (items whose step uses the same layers batch together; with
+   N_r steps that is up to N_r groups per iteration);
+4. each item asks its router whether to take another step (expert-choice: the causal rule
+   sigmoid(logit) > threshold, with `depth_cap` / `fixed_depth` respected; token-choice: the
+   depth chosen at entry; routing "none": every step up to the cap);
+5. exiting items run the coda (unique last layers), the final norm and the LM head, and pick
+   their next token exactly as `MoRForCausalLM._pick` does; that token re-enters at step 2 of the
+   next iteration. A request that has its `max_new_tokens` (or emitted end-of-text) leaves, and
+   its slot goes to the next waiting request.
+
+So a shallow token finishes in fewer iterations and its request moves on, while the block always
+runs over a full batch of items: this is what turns early exits into throughput.
+
+K/V layout (like nanochat / gpt-fast): one preallocated buffer per K and V of shape
+(cache slots x max_batch, G, capacity, D), where the cache slots are the model's own
+(`MoRModel.slot_names`: prelude layers, each recursion step's layers under recursion-wise
+caching or only step 1's under recursive sharing, coda layers). Entries of a (slot, request) row
+are in position order, so during decoding (one query per item, every cached entry earlier than
+it) the causal mask is just "entry index < entries held"; an item at step r reads row
+(slot of (r, layer), its batch slot) and appends its own K/V there first (under sharing, steps > 1
+only read step 1's rows). Attention gathers each item's row, trimmed to the longest one; when
+every slot is busy and all items read the same cache slot (vanilla, a one-step layer group,
+recursive KV sharing, prelude/coda with every slot) the rows are one contiguous block, read in
+place. (A layout with one row per request holding every step's entries, tagged by step and
+masked, avoids the gather but attends over ~mean-depth times more entries; it measured 4-7%
+slower here, so the gather stays.)
+
+Weights: every matmul weight is pre-transposed to (in, out) and contiguous (x @ W beats
+F.linear by up to 2x at decoding's small row counts on CPU), Q/K/V and gate/up are fused, the
+RMSNorm weights and the attention scale are folded into the following matrices, and greedy
+picking uses max(-1).indices (argmax's first-maximum rule, several times faster on CPU).
+
+Correctness: greedy outputs (tokens and per-token depths) equal `model.generate(prompt,
+max_new_tokens=n, return_depths=True)` run alone for every request; sampling with
+`seed=s` equals `model.generate(..., do_sample=True, generator=torch.Generator().manual_seed(s + i))`
+for request i (each request owns its generator, so results do not depend on batching).
+Matmuls run at a different batch width than a lone `generate`, so logits agree to float rounding
+(~1e-6), not bit for bit: a token whose two best logits, or a router score and its threshold,
+are closer than that could in principle differ; tests/test_engine.py checks identity.
+
+`naive_generate` is the comparison point of the benchmark: the "naive path (full width,
+masked)", where every recursion step computes every token of the batch and masks the update of
+tokens that exited, as the reference implementation does. It gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .modeling_mor import MoRForCausalLM, Tokens, gate_value, rotary_cos_sin
+
+
+# ---- requests and progress events ---------------------------------------------------------------
+
+
+@dataclass
+class _Request:
+    index: int
+    prompt: list[int]
+    max_new: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EngineEvent:
+    """Progress after one engine iteration.
+
+    iteration: 1-based count of block runs so far.
+    new_tokens: (request index, token id) picked in this iteration (a request's first token is
+        picked at its prefill).
+    new_depths: (request index, depth) of tokens whose recursion ended in this iteration.
+    finished: request indices that completed in this iteration.
+    tokens_generated: tokens picked so far over all requests.
+    elapsed: seconds spent inside the engine since the stream started (prefills included; the
+        caller's time between events is not counted, so a slow UI does not make it look slow).
+    prefill_seconds: part of `elapsed` spent prefilling prompts.
+    tokens_per_second: tokens_generated / elapsed.
+    in_flight / waiting: requests holding a slot / still queued.
+    block_items: items the shared block processed in this iteration (batch utilisation).
+    """
+
+    iteration: int
+    new_tokens: list[tuple[int, int]]
+    new_depths: list[tuple[int, int]]
+    finished: list[int]
+    tokens_generated: int
+    elapsed: float
+    prefill_seconds: float
+    tokens_per_second: float
+    in_flight: int
+    waiting: int
+    block_items: int
+
+
+def _check_depth_args(depth_cap, fixed_depth, R):
+    for name, value in (("depth_cap", depth_cap), ("fixed_depth", fixed_depth)):
+        if value is not None and not 1 <= value <= R:
+            raise ValueError(f"{name}={value} is outside 1..{R} (num_recursions).")
+    if depth_cap is not None and fixed_depth is not None:
+        raise ValueError("Give depth_cap or fixed_depth, not both.")
+
+
+def _per_request(max_new_tokens, n):
+    if isinstance(max_new_tokens, int):
+        values = [max_new_tokens] * n
+    else:
+        values = [int(v) for v in max_new_tokens]
+        if len(values) != n:
+            raise ValueError(f"max_new_tokens has {len(values)} entries for {n} prompts.")
+    if any(v < 0 for v in values):
+        raise ValueError("max_new_tokens must be >= 0.")
+    return values
+
+
+def _prompts(prompts) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        ids = p.reshape(-1).tolist() if isinstance(p, torch.Tensor) else [int(t) for t in p]
+        if not ids:
+            raise ValueError("a prompt is empty: it needs at least one token.")
+        out.append(ids)
+    return out
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Continuous depth-wise batching for `MoRForCausalLM` (any routing, sharing and KV mode).
+
+    model: the model (float32 or other; its weights are snapshotted into fused matrices at
+        construction: call `refresh()` after changing them).
+    max_batch: slots, i.e. requests in flight at once.
+    depth_cap / fixed_depth: as in `model.generate`.
+    prefill_together: prompts admitted in the same iteration share one (left-padded) prefill
+        forward; False prefills each alone, exactly as a lone `generate` does.
+    """
+
+    def __init__(self, model: MoRForCausalLM, max_batch: int = 16, depth_cap: int | None = None,
+                 fixed_depth: int | None = None, prefill_together: bool = True):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1.")
+        cfg = model.config
+        _check_depth_args(depth_cap, fixed_depth, cfg.num_recursions)
+        self.model, self.config, self.max_batch = model, cfg, max_batch
+        self.depth_cap, self.fixed_depth = depth_cap, fixed_depth
+        self.prefill_together = prefill_together
+        self.R = cfg.num_recursions
+        self.max_depth = fixed_depth or depth_cap or self.R
+        self.H, self.G, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.C, self.I = cfg.hidden_size, cfg.intermediate_size
+        m = model.model
+        self.prelude, self.steps, self.coda = m.prelude, m.steps, m.coda
+        # The model's cache layout: slot of each layer application, ("prelude", i), (r, j), ("coda", i).
+        self.slot_of = dict(m._slot_of)
+        self.n_slots = len(m.slot_names)
+        self.shared_kv = cfg.kv_cache == "shared"
+        self.routing = cfg.routing
+        # A straight-through gate is exactly 1 in the forward pass: x + 1 * (y - x) is y (up to
+        # rounding), so the gate's arithmetic is skipped.
+        self.gated = cfg.routing != "none" and cfg.router_gate != "straight_through"
+        # Items are batched per unique-layer list: one group for cycle sharing, one per step for sequence.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r, layers in enumerate(self.steps[: self.max_depth]):
+            groups.setdefault(tuple(layers), []).append(r)
+        self.groups = list(groups.items())
+        self.refresh()
+
+    # ---- weights -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """(Re)build the engine's weight matrices from the model's parameters.
+
+        Every matmul weight is stored transposed and contiguous, (in, out), because x @ W^T
+        with a pre-transposed W runs up to twice as fast as F.linear at the small row counts of
+        decoding; Q/K/V and gate/up projections are fused; the RMSNorm weights are folded into
+        the matrix that follows each norm."""
+        m = self.model.model
+        dev = m.embed_tokens.weight.device
+        self.device, self.dtype = dev, m.embed_tokens.weight.dtype
+
+        def t(w, scale_in=None):
+            w = w.t()
+            return (w if scale_in is None else scale_in[:, None] * w).contiguous()
+
+        self.layer_w = []
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+            # the attention scale 1/sqrt(D) is folded into the query columns (exact when D is a power of 4)
+            qkv = torch.cat([a.q_proj.weight / math.sqrt(self.D), a.k_proj.weight, a.v_proj.weight], 0)
+            self.layer_w.append((
+                ln1.eps, t(qkv, ln1.weight), t(a.o_proj.weight),
+                ln2.eps, t(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0), ln2.weight),
+                t(mlp.down_proj.weight),
+            ))
+        self.embed = m.embed_tokens.weight
+        self.norm_eps = m.norm.eps
+        self.head_t = t(self.model.lm_head.weight, m.norm.weight)  # (C, V), final norm folded in
+        if self.routing == "expert_choice":
+            self.router_t = torch.cat([r.linear.weight for r in m.routers], 0).t().contiguous()  # (C, R)
+            thr = [float("-inf"), *self.config.router_threshold]
+            self.router_thr = torch.tensor(thr, device=dev)
+        elif self.routing == "token_choice":
+            self.router_t = m.routers[0].linear.weight.t().contiguous()  # (C, R)
+        # cache slot of layer j at step r, per group: (J, R) long
+        self.group_slots = []
+        for layers, steps in self.groups:
+            table = torch.zeros(len(layers), self.R, dtype=torch.long)
+            for j in range(len(layers)):
+                for r in steps:
+                    table[j, r] = self.slot_of[(r, j)]
+            self.group_slots.append(table.to(dev))
+
+    # ---- public API --------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]] | Sequence[torch.Tensor],
+                 max_new_tokens: int | Sequence[int] = 32, **kwargs) -> list[tuple[list[int], list[int]]]:
+        """Decode every prompt; returns, in prompt order, (new token ids, their depths).
+
+        `max_new_tokens`: one int, or one per prompt. Keyword arguments as in `stream`."""
+        for _ in self.stream(prompts, max_new_tokens, **kwargs):
+            pass
+        return self.results
+
+    @torch.inference_mode()
+    def stream(self, prompts, max_new_tokens: int | Sequence[int] = 32, do_sample: bool = False,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               seed: int = 0, eos_token_id: int | None = None, stop_at_eos: bool = True
+               ) -> Iterator[EngineEvent]:
+        """Decode every prompt, yielding an `EngineEvent` after every iteration.
+
+        Sampling: request i uses `torch.Generator().manual_seed(seed + i)`. End-of-text:
+        `eos_token_id` (default the config's); a request stops after emitting it (its depth is
+        still measured), as `model.generate` does, unless `stop_at_eos=False`. When the stream
+        ends, `self.results` holds (tokens, depths) per request."""
+        plist = _prompts(prompts)
+        news = _per_request(max_new_tokens, len(plist))
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        if not stop_at_eos:
+            eos = None
+        if do_sample and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling.")
+        pick = (do_sample, temperature, top_k, top_p)
+        reqs = [_Request(i, p, n, torch.Generator(device=self.device).manual_seed(seed + i) if do_sample else None)
+                for i, (p, n) in enumerate(zip(plist, news))]
+        self.results = [([], []) for _ in reqs]
+        self.request_kv_bytes: list[int] = []  # K/V bytes each finished request held
+        self._allocate(max(len(p) + n for p, n in zip(plist, news)) + 1)
+        S = self.max_batch
+        waiting = deque(reqs)
+        slots: list[_Request | None] = [None] * S
+        entering: list[int] = []  # slots whose item holds a new token (prelude next)
+        t0 = time.perf_counter()
+        busy = 0.0  # seconds spent inside the engine (prefills included)
+        prefill_time = 0.0
+        produced = 0
+        iteration = 0
+        while True:
+            new_tokens, new_depths, finished = [], [], []
+            # 1. admissions
+            admitted = []
+            for s in range(S):
+                while slots[s] is None and waiting:
+                    req = waiting.popleft()
+                    if req.max_new == 0:
+                        finished.append(req.index)
+                        continue
+                    slots[s] = req
+                    admitted.append(s)
+            if admitted:
+                ts = time.perf_counter()
+                chunks = [admitted] if self.prefill_together else [[s] for s in admitted]
+                for chunk in chunks:
+                    tokens = self._prefill([slots[s] for s in chunk], chunk, pick)
+                    for s, token in zip(chunk, tokens):
+                        slots[s].tokens.append(token)
+                        new_tokens.append((slots[s].index, token))
+                prefill_time += time.perf_counter() - ts
+                produced += len(admitted)
+                entering += admitted
+            if not any(r is not None for r in slots):
+                if new_tokens or finished:
+                    elapsed = busy + time.perf_counter() - t0
+                    yield EngineEvent(iteration, new_tokens, new_depths, finished, produced, elapsed,
+                                      prefill_time, produced / max(elapsed, 1e-9), 0, 0, 0)
+                break
+            iteration += 1
+            ent = torch.tensor(sorted(entering), dtype=torch.long, device=self.device) if entering else None
+            entering = []
+            items = torch.tensor([s for s in range(S) if slots[s] is not None], dtype=torch.long, device=self.device)
+            # 2-4. prelude, block, routing
+            exit_slots, exit_depths = self._iterate(ent, items)
+            # 5. exits
+            head_slots = []
+            for s, d in zip(exit_slots, exit_depths):
+                req = slots[s]
+                req.depths.append(d)
+                new_depths.append((req.index, d))
+                last = req.tokens[-1]
+                if len(req.tokens) >= req.max_new or (eos is not None and last == eos):
+                    self.results[req.index] = (req.tokens, req.depths)
+                    self.request_kv_bytes.append(self._kv_bytes_of(s))
+                    finished.append(req.index)
+                    slots[s] = None
+                else:
+                    head_slots.append(s)
+            if head_slots:
+                hs = torch.tensor(head_slots, dtype=torch.long, device=self.device)
+                logits = self._head(hs)
+                if do_sample:
+                    picked = [int(MoRForCausalLM._pick(logits[i:i + 1], *pick, slots[s].generator))
+                              for i, s in enumerate(head_slots)]
+                    nxt = torch.tensor(picked, dtype=torch.long, device=self.device)
+                else:
+                    nxt = logits.max(-1).indices  # = argmax (first maximum), several times faster on CPU
+                    picked = nxt.tolist()
+                self.tok[hs] = nxt
+                self.pos[hs] += 1
+                for s, t in zip(head_slots, picked):
+                    slots[s].tokens.append(t)
+                    new_tokens.append((slots[s].index, t))
+                produced += len(head_slots)
+                entering = head_slots
+            busy += time.perf_counter() - t0
+            yield EngineEvent(iteration, new_tokens, new_depths, finished, produced, busy, prefill_time,
+                              produced / max(busy, 1e-9), sum(r is not None for r in slots), len(waiting),
+                              int(items.numel()))
+            t0 = time.perf_counter()  # the caller's time between events is not counted
+
+    # ---- buffers -----------------------------------------------------------------------------------
+    def _allocate(self, capacity: int) -> None:
+        S, G, D, dev, dt = self.max_batch, self.G, self.D, self.device, self.dtype
+        self.capacity = capacity
+        self.kc = torch.zeros(self.n_slots * S, G, capacity, D, device=dev, dtype=dt)
+        self.vc = torch.zeros_like(self.kc)
+        # entries held by each (recursion step, batch slot) cache row (index 0 under shared KV)
+        self.steplen = torch.zeros(self.R, S, dtype=torch.long, device=dev)
+        self.h = torch.zeros(S, self.C, device=dev, dtype=dt)
+        self.h_in = torch.zeros_like(self.h)
+        self.gate = torch.ones(S, device=dev, dtype=torch.float)
+        self.target = torch.zeros(S, dtype=torch.long, device=dev)
+        self.step = torch.zeros(S, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(S, dtype=torch.long, device=dev)
+        self.tok = torch.zeros(S, dtype=torch.long, device=dev)
+        cos, sin = rotary_cos_sin(torch.arange(capacity, device=dev)[None], D, self.config.rope_theta, dt)
+        cos, sin = cos[0, 0], sin[0, 0]  # (capacity, D)
+        # x * cos + cat(-x2, x1) * sin == x * cos + roll(x) * cat(-sin1, sin2): one roll, no cat
+        self.cos, self.sin = cos, torch.cat((-sin[:, : D // 2], sin[:, D // 2:]), -1)
+        self.arange_cap = torch.arange(capacity, device=dev)
+
+    def kv_bytes(self) -> dict[str, int]:
+        """K/V bytes: 'allocated' (the preallocated buffers of the last stream)."""
+        if not hasattr(self, "kc"):
+            return {"allocated": 0}
+        return {"allocated": 2 * self.kc.numel() * self.kc.element_size()}
+
+    def _kv_bytes_of(self, s: int) -> int:
+        """K/V bytes held by the request in slot s: entries stored x 2 (K, V) x G x D x element size."""
+        n = int(self.pos[s])  # tokens fed before the in-flight one
+        entries = len(self.prelude) * (n + 1) + len(self.coda) * n  # a finishing token skips the coda
+        for r, layers in enumerate(self.steps):
+            if not self.shared_kv or r == 0:
+                entries += len(layers) * int(self.steplen[r, s])
+        return entries * 2 * self.G * self.D * self.kc.element_size()
+
+    # ---- prefill -----------------------------------------------------------------------------------
+    def _prefill(self, reqs: list[_Request], slots: list[int], pick) -> list[int]:
+        """Prefill prompts with the model's own forward and `MoRCache` (together, left-padded,
+        or one by one with `prefill_together=False`), copy each cache row into its slot, and
+        return each request's first token."""
+        B = len(reqs)
+        T = max(len(r.prompt) for r in reqs)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        for b, r in enumerate(reqs):
+            ids[b, T - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[b, T - len(r.prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = self.model.model.new_cache(B)
+        out = self.model(ids, attention_mask=mask if B > 1 else None, past_key_values=cache,
+                         depth_cap=self.depth_cap, fixed_depth=self.fixed_depth, routing_mode="causal",
+                         use_cache=True)
+        S = self.max_batch
+        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+        self.steplen[:, idx] = 0
+        for c, slot in enumerate(cache.slots):
+            if slot.k is None:
+                continue
+            lengths = slot.length.tolist()
+            for b, s in enumerate(slots):  # each row holds a prefix of valid entries
+                n = lengths[b]
+                self.kc[c * S + s, :, :n] = slot.k[b, :n].transpose(0, 1)
+                self.vc[c * S + s, :, :n] = slot.v[b, :n].transpose(0, 1)
+        for r in range(self.R):
+            key = (r, 0)
+            if key in self.slot_of and (not self.shared_kv or r == 0):
+                slot = cache.slots[self.slot_of[key]]
+                if slot.length is not None:
+                    self.steplen[r, idx] = slot.length
+        self.pos[idx] = torch.tensor([len(r.prompt) for r in reqs], device=self.device)
+        last = out.logits[:, -1]  # left padding: the last column is every row's last prompt token
+        if pick[0]:
+            tokens = [int(MoRForCausalLM._pick(last[b:b + 1], *pick, r.generator)) for b, r in enumerate(reqs)]
+        else:
+            tokens = last.argmax(-1).tolist()
+        self.tok[idx] = torch.tensor(tokens, device=self.device)
+        return tokens
+
+    # ---- one iteration -----------------------------------------------------------------------------
+    def _layer(self, u, x, cos, sin, rows, wrows, widx, mask, L, kw=None):
+        """One decoder layer over N single-token items.
+
+        x (N, C); cos/sin (N, 1, D); rows (N,) cache rows read, or an int: the first of N
+        consecutive rows; wrows/widx the rows and indices written (None: no write); kw the subset
+        of items that write (None: all); mask (N, 1, 1, L), True where an entry is hidden."""
+        eps1, wqkv, wo, eps2, wgu, wdown = self.layer_w[u]
+        H, G, D = self.H, self.G, self.D
+        N = x.shape[0]
+        qkv = torch.mm(F.rms_norm(x, (self.C,), None, eps1), wqkv)
+        qk = qkv[:, : (H + G) * D].view(N, H + G, D)
+        qk = qk * cos + qk.roll(D // 2, -1) * sin  # rotary; sin carries the sign of the half-split
+        if wrows is not None:
+            k = qk[:, H:]
+            v = qkv[:, (H + G) * D:].view(N, G, D)
+            if kw is not None:
+                k, v = k[kw], v[kw]
+            self.kc[wrows, :, widx] = k
+            self.vc[wrows, :, widx] = v
+        if isinstance(rows, int):  # items are the whole contiguous block of rows: read in place
+            keys, vals = self.kc[rows:rows + N, :, :L], self.vc[rows:rows + N, :, :L]
+        else:  # gather each item's row, trimmed to the longest
+            keys = self.kc[:, :, :L].index_select(0, rows)  # (N, G, L, D)
+            vals = self.vc[:, :, :L].index_select(0, rows)
+        q = qk[:, :H].reshape(N, G, H // G, D)
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # (N, G, H/G, L), already scaled
+        scores = scores.masked_fill(mask, float("-inf"))
+        att = torch.matmul(scores.softmax(-1), vals).reshape(N, H * D)
+        x = x + torch.mm(att, wo)
+        gu = torch.mm(F.rms_norm(x, (self.C,), None, eps2), wgu)
+        return x + torch.mm(F.silu(gu[:, : self.I]) * gu[:, self.I:], wdown)
+
+    def _unique_layers(self, which, x, items, cos, sin):
+        layers = self.prelude if which == "prelude" else self.coda
+        if not layers:
+            return x
+        S = self.max_batch
+        p = self.pos[items]
+        L = int(p.max()) + 1
+        mask = (self.arange_cap[:L][None, :] > p[:, None])[:, None, None, :]
+        whole = items.numel() == S  # every slot, in order: rows are one contiguous block
+        for i, u in enumerate(layers):
+            rows = self.slot_of[(which, i)] * S + items
+            x = self._layer(u, x, cos, sin, self.slot_of[(which, i)] * S if whole else rows, rows, p, mask, L)
+        return x
+
+    def _iterate(self, ent, items):
+        """Prelude for entering items, one block run over all items, routing decisions.
+        Returns (exiting slots, their depths) as lists."""
+        S, R = self.max_batch, self.R
+        h = self.h
+        if ent is not None:
+            p = self.pos[ent]
+            cos, sin = self.cos[p][:, None], self.sin[p][:, None]
+            x = F.embedding(self.tok[ent], self.embed)
+            x = self._unique_layers("prelude", x, ent, cos, sin)
+            self.step[ent] = 0
+            if self.routing == "expert_choice" and self.gated:
+                logits = torch.mm(x, self.router_t[:, :1]).squeeze(-1).float()
+                self.gate[ent] = gate_value(torch.sigmoid(logits), self.config.router_alpha, self.config.router_gate)
+            elif self.routing == "token_choice":
+                logits = torch.mm(x, self.router_t).float()
+                top_p, top_i = logits.softmax(-1).max(-1)
+                self.gate[ent] = gate_value(top_p, self.config.router_alpha, self.config.router_gate)
+                self.target[ent] = self.fixed_depth if self.fixed_depth else (top_i + 1).clamp(max=self.max_depth)
+                self.h_in[ent] = x
+            h[ent] = x
+        # Every slot busy (the steady state): per-slot state is read and written whole, no indexing.
+        full = items.numel() == S
+
+        def take(t, idx):
+            return t if idx is None else t[idx]
+
+        everyone = None if full else items
+        p = take(self.pos, everyone)
+        cos_all, sin_all = self.cos[p][:, None], self.sin[p][:, None]
+        step = take(self.step, everyone)
+        single = len(self.groups) == 1
+        y = None
+        # the block: once over every item, grouped by unique-layer list
+        for (layers, steps), table in zip(self.groups, self.group_slots):
+            if single:
+                sel, it, r, cos, sin = everyone, items, step, cos_all, sin_all
+            else:
+                sel = torch.isin(step, torch.tensor(steps, device=self.device))
+                if not bool(sel.any()):
+                    continue
+                it, r, cos, sin = items[sel], step[sel], cos_all[sel], sin_all[sel]
+                sel = it
+            x = take(h, sel)
+            if self.shared_kv:
+                kw = r == 0
+                wslots = it[kw]
+                widx = self.steplen[0, wslots]
+                self.steplen[0, wslots] += 1
+                rlen = take(self.steplen[0], sel)
+                if bool(kw.all()):
+                    kw = None
+            else:
+                kw = None
+                widx = self.steplen[r, it]
+                rlen = widx + 1
+                self.steplen[r, it] = rlen
+            L = int(rlen.max())
+            mask = (self.arange_cap[:L][None, :] >= rlen[:, None])[:, None, None, :]
+            rows_all = table[:, r] * S + it  # (J, N)
+            # every slot, and every step reading the same cache slot (one step per group, or
+            # recursive KV sharing): each layer's rows are one contiguous block, read in place
+            whole = it.numel() == S and (len(steps) == 1 or self.shared_kv)
+            y = x
+            for j, u in enumerate(layers):
+                rows = rows_all[j]
+                wrows = rows if kw is None else rows[kw]
+                read = self.slot_of[(steps[0], j)] * S if whole else rows
+                y = self._layer(u, y, cos, sin, read, wrows, widx, mask, L, kw)
+            if self.routing == "expert_choice" and self.gated:
+                y = x + take(self.gate, sel)[:, None].to(y.dtype) * (y - x)
+            if sel is None:
+                h.copy_(y)
+            else:
+                h[sel] = y
+        # routing: continue to the next step?
+        nr = step + 1
+        can = nr < self.max_depth
+        if self.routing == "expert_choice":
+            hx = y if single else take(h, everyone)
+            logits = torch.mm(hx, self.router_t).float()  # (N, R)
+            col = nr.clamp(max=R - 1)
+            score = torch.sigmoid(logits.gather(1, col[:, None]).squeeze(1))
+            cont = can if self.fixed_depth else can & (score > self.router_thr[col])
+            if self.gated:
+                gate = gate_value(score, self.config.router_alpha, self.config.router_gate)
+                if full:
+                    self.gate.copy_(gate)
+                else:
+                    self.gate[items] = gate
+        elif self.routing == "token_choice":
+            cont = nr < take(self.target, everyone)
+        else:
+            cont = can
+        new_step = torch.where(cont, nr, step)
+        if full:
+            self.step.copy_(new_step)
+        else:
+            self.step[items] = new_step
+        done = ~cont
+        ex = items[done]
+        if self.routing == "token_choice" and self.gated and ex.numel():
+            g = self.gate[ex][:, None].to(h.dtype)
+            h[ex] = self.h_in[ex] + g * (h[ex] - self.h_in[ex])
+        return ex.tolist(), nr[done].tolist()
+
+    def _head(self, hs):
+        """Coda, final norm and LM head for the exiting items in slots hs: logits (N, V) float."""
+        p = self.pos[hs]
+        cos, sin = self.cos[p][:, None], self.sin[p][:, None]
+        x = self._unique_layers("coda", self.h[hs], hs, cos, sin)
+        return torch.mm(F.rms_norm(x, (self.C,), None, self.norm_eps), self.head_t).float()
+
+
+# ---- the naive path: full width, masked ----------------------------------------------------------
+
+
+class _DenseKV:
+    """A dense per-column K/V store with per-entry validity (the naive path's cache): column t
+    holds the token at column t of the left-padded batch, valid if it was active when written."""
+
+    def __init__(self, B: int, capacity: int, G: int, D: int, device, dtype):
+        self.k = torch.zeros(B, capacity, G, D, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.zeros(B, capacity, dtype=torch.long, device=device)
+        self.valid = torch.zeros(B, capacity, dtype=torch.bool, device=device)
+        self.n = 0
+
+    def append(self, k, v, pos, valid):
+        T = k.shape[1]
+        self.k[:, self.n:self.n + T] = k
+        self.v[:, self.n:self.n + T] = v
+        self.pos[:, self.n:self.n + T] = pos
+        self.valid[:, self.n:self.n + T] = valid
+        self.n += T
+        return self.view()
+
+    def view(self):
+        n = self.n
+        return self.k[:, :n], self.v[:, :n], self.pos[:, :n], self.valid[:, :n]
+
+
+@torch.inference_mode()
+def naive_generate(model: MoRForCausalLM, prompts, max_new_tokens: int | Sequence[int] = 32,
+                   batch_size: int | None = None, depth_cap: int | None = None, fixed_depth: int | None = None,
+                   eos_token_id: int | None = None, stop_at_eos: bool = True,
+                   timings: dict | None = None) -> list[tuple[list[int], list[int]]]:
+    """Greedy decoding on the naive path: static batches of `batch_size` prompts (left-padded),
+    and every layer application computes every token of the batch at full width; a token that
+    exited (or was never selected) at a recursion step has its update masked out and its K/V
+    entry marked invalid. Uses the model's own decoder layers. Returns (new token ids, depths)
+    per prompt, equal to `model.generate` run alone. `timings`, if given, receives
+    prefill_seconds, decode_seconds and kv_bytes_per_request (the dense caches' bytes)."""
+    plist = _prompts(prompts)
+    news = _per_request(max_new_tokens, len(plist))
+    cfg = model.config
+    _check_depth_args(depth_cap, fixed_depth, cfg.num_recursions)
+    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    if not stop_at_eos:
+        eos = None
+    bs = batch_size or len(plist)
+    results = []
+    clock = {"prefill_seconds": 0.0, "decode_seconds": 0.0, "kv_bytes": 0}
+    for start in range(0, len(plist), bs):
+        results += _naive_batch(model, plist[start:start + bs], news[start:start + bs], depth_cap, fixed_depth, eos,
+                                clock)
+    if timings is not None:
+        timings.update(prefill_seconds=clock["prefill_seconds"], decode_seconds=clock["decode_seconds"],
+                       kv_bytes_per_request=clock["kv_bytes"] / len(plist))
+    return results
+
+
+def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
+    """Full-width forward of (B, T) tokens: every layer sees every token; returns (logits of the
+    last column (B, V), depths (B, T))."""
+    m, cfg = model.model, model.config
+    B, T = ids.shape
+    R = cfg.num_recursions
+    max_depth = fixed_depth or depth_cap or R
+    index = torch.arange(T, device=ids.device)[None].expand(B, T)
+    everyone = Tokens(index, pos, real)
+    h = m.embed_tokens(ids)
+    for i, u in enumerate(m.prelude):
+        h = m.layers[u](h, everyone, caches[m._slot_of[("prelude", i)]])
+    depths = torch.zeros(B, T, dtype=torch.long, device=ids.device)
+    active = real
+    tc_gate = None
+    if cfg.routing == "token_choice":
+        logits, tc_gate, chosen = m.routers[0](h)
+        target = torch.full_like(chosen, fixed_depth) if fixed_depth else chosen.clamp(max=max_depth)
+        h_in = h
+    for r, layers in enumerate(m.steps[:max_depth]):
+        gate = None
+        if cfg.routing == "token_choice":
+            active = real & (target > r)
+        elif cfg.routing == "expert_choice":
+            logits, gate, selected = m.routers[r](h, active if not fixed_depth else real, real, "causal")
+            active = real if fixed_depth else selected
+        else:
+            active = real
+        tokens = Tokens(index, pos, active)
+        y = h
+        for j, u in enumerate(layers):
+            write = cfg.kv_cache == "recursion_wise" or r == 0
+            y = m.layers[u](y, tokens, caches[m._slot_of[(r, j)]], write_kv=write)
+        if gate is not None:
+            y = h + gate[..., None].to(h.dtype) * (y - h)
+        h = torch.where(active[..., None], y, h)
+        depths = depths + active.long()
+    if tc_gate is not None:
+        h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
+    for i, u in enumerate(m.coda):
+        h = m.layers[u](h, everyone, caches[m._slot_of[("coda", i)]])
+    h = m.norm(h[:, -1])
+    return model.lm_head(h).float(), depths
+
+
+def _naive_batch(model, plist, news, depth_cap, fixed_depth, eos, clock):
+    cfg = model.config
+    dev, dt = model.device, model.dtype
+    B, T = len(plist), max(len(p) for p in plist)
+    n_max = max(news)
+    if n_max == 0:
+        return [([], []) for _ in plist]
+    ids = torch.zeros(B, T, dtype=torch.long, device=dev)
+    real = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    for b, p in enumerate(plist):
+        ids[b, T - len(p):] = torch.tensor(p, device=dev)
+        real[b, T - len(p):] = True
+    pos = (real.long().cumsum(1) - 1).clamp(min=0)
+    caches = [_DenseKV(B, T + n_max, cfg.num_key_value_heads, cfg.head_dim, dev, dt)
+              for _ in model.model.slot_names]
+    t0 = time.perf_counter()
+    logits, _ = _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth)
+    t1 = time.perf_counter()
+    next_pos = pos[:, -1] + 1
+    tokens = [[] for _ in plist]
+    depths = [[] for _ in plist]
+    done = [n == 0 for n in news]
+    ones = torch.ones(B, 1, dtype=torch.bool, device=dev)
+    for _ in range(n_max):
+        nxt = logits.argmax(-1)
+        for b, t in enumerate(nxt.tolist()):
+            if not done[b]:
+                tokens[b].append(t)
+        logits, d = _naive_forward(model, nxt[:, None], ones, next_pos[:, None], caches, depth_cap, fixed_depth)
+        next_pos = next_pos + 1
+        for b, dd in enumerate(d[:, 0].tolist()):
+            if not done[b]:
+                depths[b].append(dd)
+                if len(tokens[b]) >= news[b] or (eos is not None and tokens[b][-1] == eos):
+                    done[b] = True
+        if all(done):
+            break
+    clock["prefill_seconds"] += t1 - t0
+    clock["decode_seconds"] += time.perf_counter() - t1
+    clock["kv_bytes"] += sum(2 * c.k[:, :c.n].numel() * c.k.element_size() for c in caches)
+    return list(zip(tokens, depths))
+
+
+__all__ = ["Engine", "EngineEvent", "naive_generate"]
