@@ -635,12 +635,12 @@ def analysis_lines(report) -> list[str]:
         out.append(
             f"- Measured vs FLOPs-predicted (engine): the ratio ranges from {worst['speedup_ratio']:.2f} "
             f"({worst['checkpoint']}, batch {worst['batch_size']}) to {best['speedup_ratio']:.2f} "
-            f"({best['checkpoint']}, batch {best['batch_size']}). Where it falls short, the missing part is "
-            "work that does not scale with FLOPs: per-iteration Python and operator-dispatch overhead "
-            "(a MoR iteration runs the prelude, the shared block, the routers, the coda and the head on "
-            "different item subsets, with index gathers and scatters between them), the K/V gather of each "
-            "item's cache row, and matmuls on small, uneven item counts that run below peak efficiency.")
+            f"({best['checkpoint']}, batch {best['batch_size']}); routed models sit around 0.65-0.85. The matmuls "
+            "themselves shrink about as the FLOPs predict (profile below); the shortfall is work that does not "
+            "scale with FLOPs: the K/V gather of each item's cache row, and per-iteration operator and Python "
+            "overhead, paid mean-depth times per decoded token.")
     van_rows = [r for r in res if r["checkpoint"] == vanilla and r["path"] == "engine"]
+    ceiling = []
     if van_rows:
         from .configuration_mor import MoRConfig
 
@@ -655,14 +655,15 @@ def analysis_lines(report) -> list[str]:
             need = depth_for_speedup(cfg, vflops, int(m["mean_context"]), 1.3)
             depth = statistics.mean(r["mean_depth"] for r in rows)
             best = vflops / decode_flops_per_token(cfg, int(m["mean_context"]), 1.0)
-            out.append(
-                f"- The FLOPs ceiling: {name} decodes at mean depth {depth:.2f} of {info['num_recursions']}, so "
-                f"its FLOPs predict only {vflops / decode_flops_per_token(cfg, int(m['mean_context']), depth):.2f}x "
-                "over vanilla (the LM head and the unique first/last layers are paid by every token). "
-                + (f"1.3x needs a mean depth <= {need:.2f}. " if need else
-                   f"Even depth 1 for every token predicts only {best:.2f}x, so 1.3x is out of reach by construction. ")
-                + "A perfect engine reaches the prediction, never more, so the 1.3x target depends on how "
-                  "shallow the trained router runs, not on the engine.")
+            ceiling.append(
+                f"{name}: mean depth {depth:.2f} of {info['num_recursions']} -> "
+                f"{vflops / decode_flops_per_token(cfg, int(m['mean_context']), depth):.2f}x; "
+                + (f"1.3x needs mean depth <= {need:.2f}" if need else f"even depth 1 gives only {best:.2f}x"))
+    if ceiling:
+        out.append("- The FLOPs ceiling (what the prediction allows at the measured decode depth; the LM head and "
+                   "the unique first/last layers are paid by every token, so depth only scales the middle): "
+                   + "; ".join(ceiling) + ". A perfect engine reaches the prediction, never more, so whether 1.3x "
+                   "is possible at all depends on how shallow the trained router runs, not on the engine.")
     if prof.get("models"):
         out += ["", f"torch.profiler over 40 steady-state engine iterations at batch {prof['batch_size']} "
                     "(CPU time per decoded token; profiler overhead inflates the small operators):", "",
@@ -714,19 +715,21 @@ def analysis_lines(report) -> list[str]:
     nai = [r for r in res if r["path"] == "naive" and r.get("measured_speedup") and r["checkpoint"] not in (vanilla, "llama")]
     if gat and eng:
         big = max(r["batch_size"] for r in eng)
+        parts = []
         for name in sorted({r["checkpoint"] for r in eng}):
             e = next((r for r in eng if r["checkpoint"] == name and r["batch_size"] == big), None)
             g_ = next((r for r in gat if r["checkpoint"] == name and r["batch_size"] == big), None)
             n_ = next((r for r in nai if r["checkpoint"] == name and r["batch_size"] == big), None)
             if e and g_ and n_:
-                out.append(f"- {name} at batch {big}: naive {n_['decode_tokens_per_second']:.0f}, gather "
-                           f"{g_['decode_tokens_per_second']:.0f}, engine {e['decode_tokens_per_second']:.0f} tok/s "
-                           f"(mean depth {e['mean_depth']:.2f} of {report['checkpoints'][name]['num_recursions']}). "
-                           "Gathering saves the FLOPs of exited tokens, but every decode step still runs every "
-                           "recursion step on ever fewer tokens (small, inefficient matmuls, a full set of operator "
-                           "calls, gather and scatter per step); the engine runs the block once per iteration over "
-                           "all items instead. The naive path wastes FLOPs on exited tokens but runs few, wide "
-                           "operators.")
+                parts.append(f"{name} {n_['decode_tokens_per_second']:.0f} / {g_['decode_tokens_per_second']:.0f} / "
+                             f"{e['decode_tokens_per_second']:.0f}")
+        if parts:
+            out.append(f"- The three paths at batch {big} (naive / gather / engine tok/s): " + "; ".join(parts) + ". "
+                       "Gathering (`model.generate`) saves the FLOPs of exited tokens but is the slowest: every "
+                       "decode step runs every recursion step on ever fewer tokens (small, inefficient matmuls, a "
+                       "full set of operator calls, a sort-based gather and a scatter per step). The naive path "
+                       "wastes the FLOPs of exited tokens but runs few, wide operators. The engine runs the block "
+                       "once per iteration over all items and is the fastest path for every model.")
     head = None
     if vanilla and vanilla in report["checkpoints"]:
         v = report["checkpoints"][vanilla]
