@@ -187,7 +187,7 @@ class Engine:
         m = model.model
         self.prelude, self.steps, self.coda = m.prelude, m.steps, m.coda
         # The model's cache layout: slot of each layer application, ("prelude", i), (r, j), ("coda", i).
-        self.slot_of = dict(m._slot_of)
+        self.slot_of = dict(m.slot_of)
         self.n_slots = len(m.slot_names)
         self.shared_kv = cfg.kv_cache == "shared"
         self.routing = cfg.routing
@@ -671,7 +671,7 @@ def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
     everyone = Tokens(index, pos, real)
     h = m.embed_tokens(ids)
     for i, u in enumerate(m.prelude):
-        h = m.layers[u](h, everyone, caches[m._slot_of[("prelude", i)]])
+        h = m.layers[u](h, everyone, caches[m.slot_of[("prelude", i)]])
     depths = torch.zeros(B, T, dtype=torch.long, device=ids.device)
     active = real
     tc_gate = None
@@ -692,7 +692,7 @@ def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
         y = h
         for j, u in enumerate(layers):
             write = cfg.kv_cache == "recursion_wise" or r == 0
-            y = m.layers[u](y, tokens, caches[m._slot_of[(r, j)]], write_kv=write)
+            y = m.layers[u](y, tokens, caches[m.slot_of[(r, j)]], write_kv=write)
         if gate is not None:
             y = h + gate[..., None].to(h.dtype) * (y - h)
         h = torch.where(active[..., None], y, h)
@@ -700,7 +700,7 @@ def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
     if tc_gate is not None:
         h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
     for i, u in enumerate(m.coda):
-        h = m.layers[u](h, everyone, caches[m._slot_of[("coda", i)]])
+        h = m.layers[u](h, everyone, caches[m.slot_of[("coda", i)]])
     h = m.norm(h[:, -1])
     return model.lm_head(h).float(), depths
 

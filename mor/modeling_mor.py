@@ -275,7 +275,8 @@ class MoRModel(MoRPreTrainedModel):
         else:
             self.routers = nn.ModuleList()
         self.norm = MoRRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.slot_names, self.slot_steps, self._slot_of = self._cache_layout()
+        # slot_of[("prelude", i) | (step, j) | ("coda", i)] -> index of the cache slot that layer application uses
+        self.slot_names, self.slot_steps, self.slot_of = self._cache_layout()
         self.post_init()
 
     # ---- cache layout ------------------------------------------------------------------------
@@ -344,12 +345,12 @@ class MoRModel(MoRPreTrainedModel):
         h = self.embed_tokens(input_ids)  # (B, T, C)
         everyone = Tokens.from_mask(real, positions)
         for i, u in enumerate(self.prelude):
-            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self._slot_of[("prelude", i)]]))
+            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("prelude", i)]]))
 
         h, depths, scores, aux = self._recurse(h, real, positions, cache, depth_cap, fixed_depth, mode)
 
         for i, u in enumerate(self.coda):
-            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self._slot_of[("coda", i)]]))
+            h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("coda", i)]]))
         return self.norm(h), depths, scores, aux, cache
 
     def _recurse(self, h, real, positions, cache, depth_cap, fixed_depth, mode):
@@ -398,7 +399,7 @@ class MoRModel(MoRPreTrainedModel):
             x = tokens.gather(h)  # (B, N, C)
             y = x
             for j, u in enumerate(layers):
-                slot = self._slot_of[(r, j)]
+                slot = self.slot_of[(r, j)]
                 y = self.layers[u](y, tokens, cache.slots[slot], write_kv=cfg.kv_cache == "recursion_wise" or r == 0)
             if gate is not None:
                 y = x + tokens.gather(gate[..., None].to(h.dtype)) * (y - x)

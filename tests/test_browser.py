@@ -165,10 +165,10 @@ def rgb(colour: str) -> str:
 
 
 def wait_for_trace(page, trace: dict, text: str, timeout_ms: float = TIMEOUT_MS) -> dict:
-    """Wait until the heatmap shows `text` and the metrics show `trace`'s token count, mean
-    depth and NLL; return the page state. On timeout, fail with what the page shows instead."""
+    """Wait until the heatmap shows `text` with `trace`'s depths and the metrics show its token
+    count, mean depth and NLL; return the page state. On timeout, fail with what the page shows instead."""
     want = {"text": text, "tokens": str(len(trace["tokens"])), "mean": f"{trace['mean_depth']:.3f}",
-            "nll": trace["nll"]}
+            "nll": trace["nll"], "depths": ",".join(map(str, trace["depths"]))}
     try:
         page.wait_for_function(
             """want => {
@@ -183,7 +183,9 @@ def wait_for_trace(page, trace: dict, text: str, timeout_ms: float = TIMEOUT_MS)
                 // Metrics arrive one by one, so wait for the last of them (NLL) as well.
                 return m['Tokens'] === want.tokens && m['Mean depth'] === want.mean
                     && Math.abs(Number(m['Mean NLL']) - want.nll) < 2e-3
-                    && heat.querySelectorAll('.mor-tok').length === Number(want.tokens);
+                    && heat.querySelectorAll('.mor-tok').length === Number(want.tokens)
+                    // the heatmap and the metrics are separate elements: wait for both to be redrawn
+                    && Array.from(heat.querySelectorAll('.mor-tok')).map(t => t.dataset.depth).join(',') === want.depths;
             }""", arg=want, timeout=max(timeout_ms, 1000))
     except sync_api.TimeoutError:
         got = state(page)
@@ -322,13 +324,20 @@ def test_long_and_control_text(server, page, model):
     control = "a\x00b\x01c\x1b[31mred\x7f\x08 tab\there\nline\x0c\x00end"
     paste(page, control)
     trace = expected(model, control)
-    page.wait_for_function("n => Array.from(document.querySelectorAll('.mor-tok')).length === n",
-                           arg=len(trace["tokens"]))
-    page.get_by_text("Trace (JSON)").wait_for()
+    shown = control.replace("\x00", "").replace("\n", "↵")
+    # Wait for the heatmap *and* the metrics of the new text: both are redrawn separately.
+    page.wait_for_function(
+        """want => {
+            const heat = document.querySelector('.mor-heatmap .mor-text');
+            const tokens = Array.from(document.querySelectorAll('[data-testid="stMetric"]')).find(
+                e => e.innerText.trim().startsWith('Tokens'));
+            return heat && heat.textContent === want.text && heat.querySelectorAll('.mor-tok').length === want.n
+                && tokens && tokens.querySelector('[data-testid="stMetricValue"]').innerText.trim() === String(want.n);
+        }""", arg={"text": shown, "n": len(trace["tokens"])}, timeout=TIMEOUT_MS)
     got = state(page)
     assert got["metrics"]["Tokens"] == str(len(trace["tokens"]))
     # The HTML parser drops NUL; a newline is drawn as a faint "↵" and a line break; the rest is shown as is.
-    assert got["text"] == control.replace("\x00", "").replace("\n", "↵")
+    assert got["text"] == shown
     assert page.locator('[data-testid="stException"]').count() == 0
     assert not page.dialogs
 
