@@ -97,6 +97,18 @@ def measure(name: str, windows: torch.Tensor, kv_text: str, vanilla_nll: np.ndar
     return row, nll
 
 
+def finish_plot(fig, ax, path: Path) -> str:
+    """Legend, grid, save as PNG, free the figure; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def write_plots(rows: list[dict], out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -114,12 +126,7 @@ def write_plots(rows: list[dict], out: Path) -> list[str]:
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("training loss (9-point moving average)")
     ax.set_ylim(top=7.0)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=110)
-    files.append("loss_curves.png")
-    plt.close(fig)
+    files.append(finish_plot(fig, ax, out / "loss_curves.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
@@ -132,12 +139,7 @@ def write_plots(rows: list[dict], out: Path) -> list[str]:
     ax.set_xlabel("depth cap (max recursions per token)")
     ax.set_ylabel("validation NLL")
     ax.set_xticks(range(1, 1 + max(r["R"] for r in rows)))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "nll_vs_depth_cap.png", dpi=110)
-    files.append("nll_vs_depth_cap.png")
-    plt.close(fig)
+    files.append(finish_plot(fig, ax, out / "nll_vs_depth_cap.png"))
     return files
 
 
