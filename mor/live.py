@@ -1,96 +1,104 @@
-"""Streaming generation with live timing, for watching decode speed as it happens.
+"""Streaming generation with a live clock, through the continuous depth-wise batching engine.
 
-`stream_generate` decodes the way `MoRForCausalLM.generate` does (one prefill through the model's
-own cache, then one token per row per step, causal routing, the same `_pick` sampling rule), but
-yields after every step so a caller can show tokens, depths and tokens/s while they arrive.
-`measure_decode` runs it to the end and returns the numbers, for side-by-side comparisons.
+`stream_generate` decodes several rows with `mor.engine.Engine` (the fast inference path: one
+shared-block run per iteration over every token still recursing, whatever its depth and row)
+and yields the running state after every engine iteration, so a caller can show tokens, their
+depths and tokens/s while they arrive. `measure_decode` runs it to the end and returns the
+numbers, for side-by-side comparisons.
 
-Timing counts only the time spent inside the model: whatever the caller does between two steps
-(redrawing a page, say) is excluded, so a slow UI does not make the model look slow.
+Run example::
+
+    import mor
+    from mor.live import stream_generate
+    model, tok = mor.load("mor-ec-r3")
+    ids = tok("The king", add_special_tokens=False)["input_ids"]
+    for state in stream_generate(model, [ids] * 8, max_new_tokens=32):
+        print(f"{state.tokens_per_second:,.0f} tok/s", state.depths[0])
+
+Timing counts only the time spent inside the engine: whatever the caller does between two
+iterations (redrawing a page, say) is excluded, so a slow UI does not make the model look slow.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .engine import Engine
 from .modeling_mor import MoRForCausalLM
 
 
 @dataclass
-class DecodeStep:
-    """What one decoding step produced, plus the running clock.
+class DecodeState:
+    """The decode so far, after one engine iteration.
 
-    step: how many tokens each row has decoded so far (1-based).
-    token_ids: (B,) the token each row decoded at this step.
-    depths: (B,) recursions each of those tokens took.
+    iteration: engine iterations (shared-block runs) so far, 1-based.
+    tokens: per row, the new token ids picked so far.
+    depths: per row, the recursions of the tokens that went through the model so far (a token
+        is picked first and fed next, so a row's last token can still be waiting for its depth).
+    fed: tokens fed through the model after the prefill, over all rows (= sum of len(depths)).
     elapsed: seconds of decoding so far (prefill excluded).
-    tokens_per_second: B * step / elapsed, decoded tokens over all rows per second.
-    prefill_seconds: time of the prompt's forward pass.
+    tokens_per_second: fed / elapsed.
+    prefill_seconds: time of the prompts' forward pass.
+    block_items: tokens the shared block processed in this iteration (up to the batch size).
+
+    `tokens` and `depths` are the stream's own lists, extended in place as decoding goes on:
+    copy them to keep a snapshot.
     """
 
-    step: int
-    token_ids: torch.Tensor
-    depths: torch.Tensor
+    iteration: int
+    tokens: list[list[int]]
+    depths: list[list[int]]
+    fed: int
     elapsed: float
     tokens_per_second: float
     prefill_seconds: float
+    block_items: int
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so the clock measures compute rather than kernel launches."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _prompt_lists(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2:
+            raise ValueError(f"prompts as a tensor must be (B, T), got shape {tuple(prompts.shape)}.")
+        return prompts.tolist()
+    return [list(p) for p in prompts]
 
 
-@torch.no_grad()
-def stream_generate(
-    model: MoRForCausalLM,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 32,
-    depth_cap: int | None = None,
-    fixed_depth: int | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> Iterator[DecodeStep]:
-    """Decode `max_new_tokens` tokens for every row of `input_ids` (B, T), yielding a
-    `DecodeStep` after each one.
+def stream_generate(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | torch.Tensor,
+                    max_new_tokens: int = 32, depth_cap: int | None = None, fixed_depth: int | None = None,
+                    do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                    seed: int = 0) -> Iterator[DecodeState]:
+    """Decode `max_new_tokens` tokens for every prompt (token id lists, or a (B, T) tensor of
+    equal-length prompts), all rows in flight together, yielding a `DecodeState` after each
+    engine iteration.
 
-    Left-pad rows of different lengths and mark the padding with 0 in `attention_mask`. Every
-    row decodes exactly `max_new_tokens` tokens (there is no stop at end-of-text), so runs of
-    different settings do the same amount of work. Greedy output equals `model.generate` with
-    no end-of-text token; sampling uses a generator seeded with `seed`."""
+    Every row decodes exactly `max_new_tokens` tokens (there is no stop at end-of-text), so runs
+    of different settings do the same amount of work. Greedy output equals `model.generate` of
+    each prompt alone with no end-of-text token; sampling gives row i its own generator seeded
+    with `seed + i`, so rows differ and results do not depend on the batch."""
+    rows = _prompt_lists(prompts)
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0.")
-    device = input_ids.device
-    B = input_ids.shape[0]
-    depth = dict(depth_cap=depth_cap, fixed_depth=fixed_depth)
-    # Stated explicitly rather than taken from model.training: the cache needs causal routing,
-    # and the model may be shared with other callers, so its mode is not ours to change.
-    routing = dict(routing_mode="causal", use_cache=True)
-    generator = torch.Generator(device=device).manual_seed(seed) if do_sample else None
-    cache = model.model.new_cache(B)
-
-    start = time.perf_counter()
-    out = model(input_ids, attention_mask=attention_mask, past_key_values=cache, **depth, **routing)
-    _sync(device)
-    prefill = time.perf_counter() - start
-
-    elapsed = 0.0
-    for step in range(1, max_new_tokens + 1):
-        start = time.perf_counter()
-        token = model._pick(out.logits[:, -1], do_sample, temperature, top_k, None, generator)
-        # Feeding the token through the model is what gives its depth (and the next logits).
-        out = model(token[:, None], past_key_values=cache, **depth, **routing)
-        _sync(device)
-        elapsed += time.perf_counter() - start
-        yield DecodeStep(step, token, out.depths[:, 0], elapsed, B * step / elapsed, prefill)
+    if not rows or max_new_tokens == 0:
+        return
+    engine = Engine(model, max_batch=len(rows), depth_cap=depth_cap, fixed_depth=fixed_depth)
+    tokens: list[list[int]] = [[] for _ in rows]
+    depths: list[list[int]] = [[] for _ in rows]
+    fed = 0
+    for event in engine.stream(rows, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                               top_k=top_k, seed=seed, stop_at_eos=False):
+        for i, t in event.new_tokens:
+            tokens[i].append(t)
+        for i, d in event.new_depths:
+            depths[i].append(d)
+        fed += len(event.new_depths)
+        if event.iteration == 0:  # prefill only: nothing has been decoded yet
+            continue
+        elapsed = event.elapsed - event.prefill_seconds
+        yield DecodeState(event.iteration, tokens, depths, fed, elapsed, fed / max(elapsed, 1e-9),
+                          event.prefill_seconds, event.block_items)
 
 
 def measure_decode(model: MoRForCausalLM, prompt_ids: Sequence[int] | torch.Tensor, batch_size: int,
@@ -102,25 +110,25 @@ def measure_decode(model: MoRForCausalLM, prompt_ids: Sequence[int] | torch.Tens
     decoded tokens), batch_size and new_tokens."""
     if batch_size < 1 or new_tokens < 1:
         raise ValueError("batch_size and new_tokens must be >= 1.")
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=model.device).reshape(1, -1)
-    if prompt.shape[1] == 0:
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).tolist()
+    if not prompt:
         raise ValueError("the prompt is empty: it needs at least one token.")
-    batch = prompt.expand(batch_size, -1)
+    batch = [prompt] * batch_size
     # An untimed two-token warm-up: the first pass at a new shape pays one-off allocation costs
     # that would otherwise penalise whichever setting happens to be measured first.
     for _ in stream_generate(model, batch, max_new_tokens=2, **depth_kwargs):
         pass
-    depth_sum, last = 0, None
+    last = None
     for last in stream_generate(model, batch, max_new_tokens=new_tokens, **depth_kwargs):
-        depth_sum += int(last.depths.sum())
+        pass
     return {
         "tokens_per_second": last.tokens_per_second,
         "prefill_seconds": last.prefill_seconds,
         "decode_seconds": last.elapsed,
-        "mean_depth": depth_sum / (batch_size * new_tokens),
+        "mean_depth": sum(map(sum, last.depths)) / last.fed,
         "batch_size": batch_size,
         "new_tokens": new_tokens,
     }
 
 
-__all__ = ["DecodeStep", "measure_decode", "stream_generate"]
+__all__ = ["DecodeState", "measure_decode", "stream_generate"]

@@ -43,6 +43,9 @@ PRESETS: dict[str, dict] = {
     "mor-tc-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="token_choice"),
     "mor-ec-r3-kvshare": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice", kv_cache="shared"),
     "mor-ec-r4": dict(BASE, num_hidden_layers=10, num_recursions=4, routing="expert_choice"),
+    # a speed-oriented router: one token in three takes a 2nd recursion, one in six a 3rd (mean depth 1.5)
+    "mor-ec-r3-lean": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice",
+                           capacities=[1.0, 1 / 3, 1 / 6]),
     # for tests and smoke runs
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  num_hidden_layers=5, num_recursions=3, routing="expert_choice"),

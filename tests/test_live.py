@@ -1,4 +1,4 @@
-"""Streaming generation: the same tokens and depths as `generate`, step by step, with a clock."""
+"""Streaming generation on the engine: the same tokens and depths as `generate`, with a clock."""
 
 from __future__ import annotations
 
@@ -9,65 +9,74 @@ from conftest import tiny_model
 from mor.live import measure_decode, stream_generate
 
 
-def collect(model, ids, **kwargs):
-    """Run stream_generate to the end: (ids with the new tokens appended, depths (B, new), steps)."""
-    steps = list(stream_generate(model, ids, **kwargs))
-    new = torch.stack([s.token_ids for s in steps], 1)
-    depths = torch.stack([s.depths for s in steps], 1)
-    return torch.cat([ids, new], 1), depths, steps
+def collect(model, prompts, **kwargs):
+    """Run stream_generate to the end: (final state, snapshots of (fed, elapsed) per state)."""
+    states, clock = [], []
+    for state in stream_generate(model, prompts, **kwargs):
+        states.append(state)
+        clock.append((state.fed, state.elapsed, state.tokens_per_second))
+    return states[-1], clock
 
 
 @pytest.mark.parametrize("routing", ["expert_choice", "token_choice", "none"])
 @pytest.mark.parametrize("depth", [{}, {"depth_cap": 2}, {"fixed_depth": 1}])
-def test_greedy_stream_equals_generate(routing, depth):
+def test_greedy_stream_equals_generate_of_each_row_alone(routing, depth):
     model = tiny_model(routing=routing)  # eos_token_id is None, so generate never stops early
     torch.manual_seed(0)
     ids = torch.randint(0, 99, (4, 7))  # several rows: a random model repeats one token per row
-    seq, depths, _ = collect(model, ids, max_new_tokens=10, **depth)
-    ref_seq, ref_depths = model.generate(ids, max_new_tokens=10, return_depths=True, **depth)
-    assert torch.equal(seq, ref_seq)
-    assert torch.equal(depths, ref_depths)
+    last, _ = collect(model, ids, max_new_tokens=10, **depth)
+    for row in range(4):
+        ref_seq, ref_depths = model.generate(ids[row:row + 1], max_new_tokens=10, return_depths=True, **depth)
+        assert last.tokens[row] == ref_seq[0, 7:].tolist()
+        assert last.depths[row] == ref_depths[0].tolist()
     if routing != "none" and not depth:
-        assert depths.unique().numel() > 1  # random routers vary the depth, so the check bites
+        assert len({d for row in last.depths for d in row}) > 1  # random routers vary the depth
 
 
-def test_left_padded_batch_equals_generate():
+def test_prompts_of_different_lengths():
     model = tiny_model(routing="expert_choice")
-    torch.manual_seed(2)
-    ids = torch.randint(1, 99, (3, 9))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # row 1 is a shorter prompt, left-padded
-    ids[1, :3] = 0
-    seq, depths, steps = collect(model, ids, attention_mask=mask, max_new_tokens=6)
-    ref_seq, ref_depths = model.generate(ids, attention_mask=mask, max_new_tokens=6, return_depths=True)
-    assert torch.equal(seq, ref_seq)
-    assert torch.equal(depths, ref_depths)
-    assert all(s.token_ids.shape == (3,) and s.depths.shape == (3,) for s in steps)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    last, _ = collect(model, prompts, max_new_tokens=6)
+    for row, p in enumerate(prompts):
+        ref_seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=6, return_depths=True)
+        assert last.tokens[row] == ref_seq[0, len(p):].tolist()
+        assert last.depths[row] == ref_depths[0].tolist()
 
 
-def test_sampling_matches_generate_with_the_same_seed():
+def test_sampling_gives_row_i_the_generator_seeded_seed_plus_i():
     model = tiny_model(routing="expert_choice")
     ids = torch.randint(0, 99, (2, 5), generator=torch.Generator().manual_seed(4))
-    seq, _, _ = collect(model, ids, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10, seed=7)
-    ref = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10,
-                         generator=torch.Generator().manual_seed(7))
-    assert torch.equal(seq, ref)
+    last, _ = collect(model, ids, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10, seed=7)
+    for row in range(2):
+        ref = model.generate(ids[row:row + 1], max_new_tokens=8, do_sample=True, temperature=0.8, top_k=10,
+                             generator=torch.Generator().manual_seed(7 + row))
+        assert last.tokens[row] == ref[0, 5:].tolist()
 
 
-def test_steps_carry_a_running_clock():
+def test_states_carry_a_running_clock():
     model = tiny_model(routing="expert_choice")
     ids = torch.randint(0, 99, (4, 6), generator=torch.Generator().manual_seed(5))
-    _, _, steps = collect(model, ids, max_new_tokens=5)
-    assert [s.step for s in steps] == [1, 2, 3, 4, 5]
-    assert all(s.prefill_seconds > 0 and s.tokens_per_second > 0 for s in steps)
-    assert all(a.elapsed < b.elapsed for a, b in zip(steps, steps[1:]))
-    last = steps[-1]
-    assert last.tokens_per_second == pytest.approx(4 * 5 / last.elapsed)
+    last, clock = collect(model, ids, max_new_tokens=5)
+    fed = [c[0] for c in clock]
+    assert fed == sorted(fed) and fed[-1] == 4 * 5  # every new token was fed through the model once
+    assert last.fed == sum(len(d) for d in last.depths)
+    assert all(b[1] > a[1] for a, b in zip(clock, clock[1:]))
+    assert last.prefill_seconds > 0 and last.tokens_per_second == pytest.approx(20 / last.elapsed)
+    assert 1 <= last.block_items <= 4
 
 
-def test_zero_new_tokens_yields_nothing():
+def test_zero_new_tokens_or_no_rows_yield_nothing():
     model = tiny_model()
     assert list(stream_generate(model, torch.zeros(1, 3, dtype=torch.long), max_new_tokens=0)) == []
+    assert list(stream_generate(model, [], max_new_tokens=3)) == []
+
+
+def test_bad_prompts_are_rejected():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="empty"):
+        list(stream_generate(model, [[1, 2], []], max_new_tokens=2))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        list(stream_generate(model, torch.zeros(3, dtype=torch.long), max_new_tokens=2))
 
 
 def test_measure_decode_reports_positive_speed_and_depth():

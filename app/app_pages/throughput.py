@@ -1,5 +1,6 @@
-"""Live throughput: decode with the real model right now, watch tokens/s climb, then measure
-every depth setting (and a comparison checkpoint) side by side on this machine."""
+"""Live throughput: decode with the real model right now on the depth-wise batching engine
+(`mor.engine`, through `mor.live`), watch tokens/s climb, then measure every depth setting (and a
+comparison checkpoint) side by side on this machine."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ st.caption("Every number on this page is measured now, on this machine, by runni
            f"device {'GPU' if torch.cuda.is_available() else 'CPU'}, {torch.get_num_threads()} "
            "PyTorch threads. Run again and they change a little; other programs using the CPU "
            "slow them down.")
+st.caption("Decoding runs on the continuous depth-wise batching engine: every iteration runs the shared "
+           "recursion block once over all tokens still recursing, whatever their depth and row, so a row "
+           "whose tokens exit early moves on to its next token sooner.")
 
 name = common.checkpoint_picker()
 if name is None:
@@ -83,38 +87,38 @@ def draw(snapshot: dict) -> None:
     text_slot.html(f'<div style="font-size:0.85rem;color:#777">{snapshot["label"]}</div>{snapshot["html"]}')
 
 
-def rows_html(prompt_text: str, new: list[list[int]], depths: list[list[int]]) -> str:
-    """The first few distinct rows' continuations, coloured by depth, after the prompt."""
+def rows_html(prompt_text: str, tokens: list[list[int]], depths: list[list[int]]) -> str:
+    """The first few distinct rows' continuations (tokens whose depth is known), coloured by
+    depth, after the prompt."""
     seen, blocks = set(), []
-    for row in range(len(new[0])):
-        ids = tuple(step[row] for step in new)
+    for row_tokens, row_depths in zip(tokens, depths):
+        ids = tuple(row_tokens[: len(row_depths)])
         if ids in seen:
             continue
         seen.add(ids)
         texts = token_texts(tokenizer, list(ids))
-        blocks.append(lv.token_spans(texts, [step[row] for step in depths], R, prefix=prompt_text))
+        blocks.append(lv.token_spans(texts, row_depths, R, prefix=prompt_text))
         if len(blocks) == SHOWN_ROWS:
             break
     note = (f'<div style="font-size:0.8rem;color:#777">{len(seen)} distinct row(s) shown of '
-            f'{len(new[0])}; identical rows are shown once.</div>')
+            f'{len(tokens)}; identical rows are shown once.</div>')
     return lv.depth_legend(R) + "".join(f'<div style="margin:6px 0">{b}</div>' for b in blocks) + note
 
 
 def live_run(ids: list[int]) -> dict:
-    """Decode with the chosen settings, redrawing as tokens arrive; returns the final snapshot."""
-    batch_ids = torch.tensor([ids], device=model.device).expand(batch, -1)
+    """Decode with the chosen settings on the depth-wise batching engine, redrawing as tokens
+    arrive; returns the final snapshot."""
     prompt_text = "".join(token_texts(tokenizer, ids))
-    new, depths, last_draw, snapshot = [], [], 0.0, {}
+    last_draw, snapshot = 0.0, {}
     sampling = SAMPLING if sample else {}
     label = html.escape(f"{name}, {lv.setting_label(depth, routing)}, batch {batch}, "
                         f"{'sampled' if sample else 'greedy'}")
-    for step in stream_generate(model, batch_ids, max_new_tokens=new_tokens, **depth, **sampling):
-        new.append(step.token_ids.tolist())
-        depths.append(step.depths.tolist())
-        if time.perf_counter() - last_draw > REDRAW_SECONDS or step.step == new_tokens:
-            snapshot = {"label": label, "tokens_per_second": step.tokens_per_second, "tokens": batch * step.step,
-                        "elapsed": step.elapsed, "prefill": step.prefill_seconds,
-                        "html": rows_html(prompt_text, new, depths)}
+    total = batch * new_tokens
+    for state in stream_generate(model, [ids] * batch, max_new_tokens=new_tokens, **depth, **sampling):
+        if time.perf_counter() - last_draw > REDRAW_SECONDS or state.fed == total:
+            snapshot = {"label": label, "tokens_per_second": state.tokens_per_second, "tokens": state.fed,
+                        "elapsed": state.elapsed, "prefill": state.prefill_seconds,
+                        "html": rows_html(prompt_text, state.tokens, state.depths)}
             draw(snapshot)
             last_draw = time.perf_counter()
     return snapshot
@@ -147,7 +151,7 @@ if st.session_state.get("tp_results"):
     baseline = rows.iloc[-1] if rows["checkpoint"].nunique() > 1 else rows.iloc[0]
     rows["relative speed"] = (rows["tokens/s"] / baseline["tokens/s"]).round(2)
     st.subheader(f"Measured side by side at {st.session_state.tp_results['at']}")
-    st.caption(f"Greedy decoding of the same prompt and batch. Every setting ran {measured_runs} time(s), in "
+    st.caption(f"Greedy decoding of the same prompt and batch on the depth-wise batching engine. Every setting ran {measured_runs} time(s), in "
                "turn (round-robin), each run after an untimed two-token warm-up; the table shows the "
                "median and the range. Tokens/s counts every row's tokens and excludes the prefill; "
                f"relative speed divides it by that of {baseline['checkpoint']} ({baseline['setting']}). "
