@@ -37,8 +37,9 @@ through the model (a request decodes one token at a time). An engine iteration i
 So a shallow token finishes in fewer iterations and its request moves on, while the block always
 runs over a full batch of items: this is what turns early exits into throughput.
 
-K/V layout (like nanochat / gpt-fast): one preallocated buffer per K and V of shape
-(cache slots x max_batch, G, capacity, D), where the cache slots are the model's own
+K/V layout (like nanochat / gpt-fast): one preallocated buffer holding K and V side by side,
+(cache slots x max_batch, G, 2, capacity, D), so a layer writes its new K/V with one index_put
+and gathers them with one index_select. The cache slots are the model's own
 (`MoRModel.slot_names`: prelude layers, each recursion step's layers under recursion-wise
 caching or only step 1's under recursive sharing, coda layers). Entries of a (slot, request) row
 are in position order, so during decoding (one query per item, every cached entry earlier than
@@ -52,8 +53,9 @@ masked, avoids the gather but attends over ~mean-depth times more entries; it me
 slower here, so the gather stays.)
 
 Weights: every matmul weight is pre-transposed to (in, out) and contiguous (x @ W beats
-F.linear by up to 2x at decoding's small row counts on CPU), Q/K/V and gate/up are fused, the
-RMSNorm weights and the attention scale are folded into the following matrices, and greedy
+F.linear by up to 2x at decoding's small row counts on CPU), Q/K/V and gate/up are fused (K and
+V interleaved per head to match the cache layout), the RMSNorm weights and the attention scale
+are folded into the following matrices, residual adds ride on addmm, and greedy
 picking uses max(-1).indices (argmax's first-maximum rule, several times faster on CPU).
 
 Correctness: greedy outputs (tokens and per-token depths) equal `model.generate(prompt,
@@ -223,7 +225,11 @@ class Engine:
             a, mlp = layer.self_attn, layer.mlp
             ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
             # the attention scale 1/sqrt(D) is folded into the query columns (exact when D is a power of 4)
-            qkv = torch.cat([a.q_proj.weight / math.sqrt(self.D), a.k_proj.weight, a.v_proj.weight], 0)
+            # K and V rows interleaved per KV head (k_0, v_0, k_1, v_1, ...): a layer's new K/V is
+            # then one (N, G, 2, D) block, written to the cache with a single index_put
+            D = self.D
+            kv = torch.stack([a.k_proj.weight.view(self.G, D, self.C), a.v_proj.weight.view(self.G, D, self.C)], 1)
+            qkv = torch.cat([a.q_proj.weight / math.sqrt(D), kv.reshape(2 * self.G * D, self.C)], 0)
             self.layer_w.append((
                 ln1.eps, t(qkv, ln1.weight), t(a.o_proj.weight),
                 ln2.eps, t(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0), ln2.weight),
@@ -366,8 +372,8 @@ class Engine:
     def _allocate(self, capacity: int) -> None:
         S, G, D, dev, dt = self.max_batch, self.G, self.D, self.device, self.dtype
         self.capacity = capacity
-        self.kc = torch.zeros(self.n_slots * S, G, capacity, D, device=dev, dtype=dt)
-        self.vc = torch.zeros_like(self.kc)
+        # K and V side by side, (rows, G, 2, capacity, D): one write and one gather per layer
+        self.kv = torch.zeros(self.n_slots * S, G, 2, capacity, D, device=dev, dtype=dt)
         # entries held by each (recursion step, batch slot) cache row (index 0 under shared KV)
         self.steplen = torch.zeros(self.R, S, dtype=torch.long, device=dev)
         self.h = torch.zeros(S, self.C, device=dev, dtype=dt)
@@ -379,15 +385,24 @@ class Engine:
         self.tok = torch.zeros(S, dtype=torch.long, device=dev)
         cos, sin = rotary_cos_sin(torch.arange(capacity, device=dev)[None], D, self.config.rope_theta, dt)
         cos, sin = cos[0, 0], sin[0, 0]  # (capacity, D)
-        # x * cos + cat(-x2, x1) * sin == x * cos + roll(x) * cat(-sin1, sin2): one roll, no cat
-        self.cos, self.sin = cos, torch.cat((-sin[:, : D // 2], sin[:, D // 2:]), -1)
+        # x * cos + cat(-x2, x1) * sin == x * cos + roll(x) * cat(-sin1, sin2): one roll, no cat.
+        # Tables cover every head of the fused projection, (capacity, H + 2G, D): rotary on the
+        # H query and G key heads, identity (cos 1, sin 0) on the G value heads, which sit
+        # between the keys (k_0, v_0, k_1, ...), so q, k and v rotate in one pass.
+        sin = torch.cat((-sin[:, : D // 2], sin[:, D // 2:]), -1)
+        rotary = torch.zeros(capacity, 2, self.H + 2 * G, D, device=dev, dtype=dt)
+        rotary[:, 0] = 1.0
+        rotated = list(range(self.H)) + [self.H + 2 * g for g in range(G)]
+        rotary[:, 0, rotated] = cos[:, None]
+        rotary[:, 1, rotated] = sin[:, None]
+        self.cos, self.sin = rotary[:, 0], rotary[:, 1]
         self.arange_cap = torch.arange(capacity, device=dev)
 
     def kv_bytes(self) -> dict[str, int]:
         """K/V bytes: 'allocated' (the preallocated buffers of the last stream)."""
-        if not hasattr(self, "kc"):
+        if not hasattr(self, "kv"):
             return {"allocated": 0}
-        return {"allocated": 2 * self.kc.numel() * self.kc.element_size()}
+        return {"allocated": self.kv.numel() * self.kv.element_size()}
 
     def _kv_bytes_of(self, s: int) -> int:
         """K/V bytes held by the request in slot s: entries stored x 2 (K, V) x G x D x element size."""
@@ -396,7 +411,7 @@ class Engine:
         for r, layers in enumerate(self.steps):
             if not self.shared_kv or r == 0:
                 entries += len(layers) * int(self.steplen[r, s])
-        return entries * 2 * self.G * self.D * self.kc.element_size()
+        return entries * 2 * self.G * self.D * self.kv.element_size()
 
     # ---- prefill -----------------------------------------------------------------------------------
     def _prefill(self, reqs: list[_Request], slots: list[int], pick) -> list[int]:
@@ -424,8 +439,8 @@ class Engine:
             lengths = slot.length.tolist()
             for b, s in enumerate(slots):  # each row holds a prefix of valid entries
                 n = lengths[b]
-                self.kc[c * S + s, :, :n] = slot.k[b, :n].transpose(0, 1)
-                self.vc[c * S + s, :, :n] = slot.v[b, :n].transpose(0, 1)
+                self.kv[c * S + s, :, 0, :n] = slot.k[b, :n].transpose(0, 1)
+                self.kv[c * S + s, :, 1, :n] = slot.v[b, :n].transpose(0, 1)
         for r in range(self.R):
             key = (r, 0)
             if key in self.slot_of and (not self.shared_kv or r == 0):
@@ -445,34 +460,28 @@ class Engine:
     def _layer(self, u, x, cos, sin, rows, wrows, widx, mask, L, kw=None):
         """One decoder layer over N single-token items.
 
-        x (N, C); cos/sin (N, 1, D); rows (N,) cache rows read, or an int: the first of N
+        x (N, C); cos/sin (N, H + 2G, D); rows (N,) cache rows read, or an int: the first of N
         consecutive rows; wrows/widx the rows and indices written (None: no write); kw the subset
         of items that write (None: all); mask (N, 1, 1, L), True where an entry is hidden."""
         eps1, wqkv, wo, eps2, wgu, wdown = self.layer_w[u]
         H, G, D = self.H, self.G, self.D
         N = x.shape[0]
-        qkv = torch.mm(F.rms_norm(x, (self.C,), None, eps1), wqkv)
-        qk = qkv[:, : (H + G) * D].view(N, H + G, D)
-        qk = qk * cos + qk.roll(D // 2, -1) * sin  # rotary; sin carries the sign of the half-split
+        qkv = torch.mm(F.rms_norm(x, (self.C,), None, eps1), wqkv).view(N, H + 2 * G, D)
+        qkv = torch.addcmul(qkv * cos, qkv.roll(D // 2, -1), sin)  # rotary; sin carries the half-split sign
         if wrows is not None:
-            k = qk[:, H:]
-            v = qkv[:, (H + G) * D:].view(N, G, D)
-            if kw is not None:
-                k, v = k[kw], v[kw]
-            self.kc[wrows, :, widx] = k
-            self.vc[wrows, :, widx] = v
+            new = qkv[:, H:].view(N, G, 2, D)
+            self.kv[wrows, :, :, widx] = new if kw is None else new[kw]
         if isinstance(rows, int):  # items are the whole contiguous block of rows: read in place
-            keys, vals = self.kc[rows:rows + N, :, :L], self.vc[rows:rows + N, :, :L]
+            kv = self.kv[rows:rows + N, :, :, :L]
         else:  # gather each item's row, trimmed to the longest
-            keys = self.kc[:, :, :L].index_select(0, rows)  # (N, G, L, D)
-            vals = self.vc[:, :, :L].index_select(0, rows)
-        q = qk[:, :H].reshape(N, G, H // G, D)
-        scores = torch.matmul(q, keys.transpose(-1, -2))  # (N, G, H/G, L), already scaled
+            kv = self.kv[:, :, :, :L].index_select(0, rows)  # (N, G, 2, L, D)
+        q = qkv[:, :H].view(N, G, H // G, D)
+        scores = torch.matmul(q, kv[:, :, 0].transpose(-1, -2))  # (N, G, H/G, L), already scaled
         scores = scores.masked_fill(mask, float("-inf"))
-        att = torch.matmul(scores.softmax(-1), vals).reshape(N, H * D)
-        x = x + torch.mm(att, wo)
+        att = torch.matmul(scores.softmax(-1), kv[:, :, 1]).view(N, H * D)
+        x = torch.addmm(x, att, wo)
         gu = torch.mm(F.rms_norm(x, (self.C,), None, eps2), wgu)
-        return x + torch.mm(F.silu(gu[:, : self.I]) * gu[:, self.I:], wdown)
+        return torch.addmm(x, F.silu(gu[:, : self.I]) * gu[:, self.I:], wdown)
 
     def _unique_layers(self, which, x, items, cos, sin):
         layers = self.prelude if which == "prelude" else self.coda
@@ -495,7 +504,7 @@ class Engine:
         h = self.h
         if ent is not None:
             p = self.pos[ent]
-            cos, sin = self.cos[p][:, None], self.sin[p][:, None]
+            cos, sin = self.cos[p], self.sin[p]
             x = F.embedding(self.tok[ent], self.embed)
             x = self._unique_layers("prelude", x, ent, cos, sin)
             self.step[ent] = 0
@@ -517,7 +526,7 @@ class Engine:
 
         everyone = None if full else items
         p = take(self.pos, everyone)
-        cos_all, sin_all = self.cos[p][:, None], self.sin[p][:, None]
+        cos_all, sin_all = self.cos[p], self.sin[p]
         step = take(self.step, everyone)
         single = len(self.groups) == 1
         y = None
@@ -597,7 +606,7 @@ class Engine:
     def _head(self, hs):
         """Coda, final norm and LM head for the exiting items in slots hs: logits (N, V) float."""
         p = self.pos[hs]
-        cos, sin = self.cos[p][:, None], self.sin[p][:, None]
+        cos, sin = self.cos[p], self.sin[p]
         x = self._unique_layers("coda", self.h[hs], hs, cos, sin)
         return torch.mm(F.rms_norm(x, (self.C,), None, self.norm_eps), self.head_t).float()
 

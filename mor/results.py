@@ -31,6 +31,8 @@ PAPER = {
     "mor-tc-r3": "Paper: token-choice trails expert-choice (load imbalance), still competitive with vanilla.",
     "mor-ec-r3-kvshare": "Paper: recursive KV sharing saves more memory and prefill compute, small quality drop.",
     "mor-ec-r4": "Paper: N_r=4 gives the largest throughput gain (up to 2.06x) at a small quality cost.",
+    "mor-ec-r3-lean": "Not in the paper (its expert-choice capacities for N_r=3 are 3/3, 2/3, 1/3): capacities "
+                      "1, 1/3, 1/6 (mean depth 1.5) trade some quality for decode speed; see docs/performance.md.",
 }
 
 
@@ -245,6 +247,9 @@ def render(rows: list[dict], val_tokens: int, kv_tokens: int) -> str:
               "calibrated on validation windows so that the fraction of candidates passing it equals the "
               "trained capacity ratio (stored in config.json, `router_threshold`); the column "
               "\"causal = top-k depth\" above shows how often the causal rule reproduces top-k.",
+              "- mor-ec-r3-lean is mor-ec-r3 with capacities 1, 1/3, 1/6 instead of 1, 2/3, 1/3: one token in "
+              "three takes a second recursion and one in six a third, so decoding runs fewer block passes per "
+              "token (the speed side of the trade is in docs/performance.md).",
               "- Equal training FLOPs (3 x forward, active tokens only, attention included) means models that "
               "skip work see more tokens: compare the \"tokens seen\" column."]
     lines += ["", "## What the paper reports for the same comparisons", ""]

@@ -203,7 +203,7 @@ def test_bench_smoke_run_writes_report_with_schema(tmp_path, tokenizer, capsys):
                               "--out", str(out)])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"meta", "checkpoints", "configs", "results", "growth", "profile", "targets"}
+    assert set(report) == {"meta", "checkpoints", "configs", "results", "growth", "profile", "depth_caps", "targets"}
     assert report["meta"]["vanilla"] == "van" and set(report["checkpoints"]) == {"van", "ec"}
     rows = report["results"]
     keys = {(r["checkpoint"], r["path"], r["batch_size"]) for r in rows}
@@ -214,13 +214,31 @@ def test_bench_smoke_run_writes_report_with_schema(tmp_path, tokenizer, capsys):
     for r in rows:
         assert r["decode_tokens_per_second"] > 0 and r["flops_per_token"] > 0
         assert {"prefill_seconds_per_prompt", "mean_depth", "kv_bytes_per_request", "predicted_speedup",
-                "measured_speedup", "speedup_ratio"} <= set(r)
+                "measured_speedup", "speedup_ratio", "peak_memory_bytes"} <= set(r)
     ec = next(r for r in rows if r["checkpoint"] == "ec" and r["path"] == "engine")
     assert 1 <= ec["mean_depth"] <= 3 and ec["kv_bytes_per_request"] > 0
     assert {t["seq_len"] for t in report["growth"]["trace"]} == {8, 1000}  # 1000: the trace target
     assert report["growth"]["decode"] and "ec" in report["profile"]["models"]
     assert {"ratio_at_least_0.9", "speedup_at_least_1.3", "trace_under_0.5s"} <= set(report["targets"])
+    sweep = report["depth_caps"]
+    assert sweep["batch_size"] == 2
+    caps = {(r["checkpoint"], r["depth_cap"]): r for r in sweep["rows"]}
+    assert set(caps) == {("van", None), ("ec", 1), ("ec", 2), ("ec", None)}
+    assert caps[("van", None)]["speedup"] == 1.0 and caps[("ec", 1)]["mean_depth"] == 1.0
+    assert caps[("ec", 2)]["mean_depth"] <= 2 and all(r["decode_tokens_per_second"] > 0 for r in sweep["rows"])
     text = out.read_text()
-    assert "## Analysis" in text and "### Batch 2" in text
+    assert "## Analysis" in text and "### Batch 2" in text and "## Test-time depth caps" in text
     assert (out.parent / "perf_decode_vs_batch.png").stat().st_size > 0
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["new_tokens"] == 3
+
+
+def test_peak_memory_sees_a_buffer_the_block_allocates_and_touches():
+    with bench.PeakMemory() as small:
+        torch.zeros(1000)
+    with bench.PeakMemory() as big:
+        buf = torch.ones(16 * 2**20 // 4)  # 16 MiB, written so its pages are resident
+        del buf
+    if big.bytes is None:
+        pytest.skip("peak resident memory is only measured on Linux")
+    assert big.bytes >= 15 * 2**20
+    assert small.bytes < 4 * 2**20
