@@ -45,12 +45,17 @@ caching or only step 1's under recursive sharing, coda layers). Entries of a (sl
 are in position order, so during decoding (one query per item, every cached entry earlier than
 it) the causal mask is just "entry index < entries held"; an item at step r reads row
 (slot of (r, layer), its batch slot) and appends its own K/V there first (under sharing, steps > 1
-only read step 1's rows). Attention gathers each item's row, trimmed to the longest one; when
-every slot is busy and all items read the same cache slot (vanilla, a one-step layer group,
-recursive KV sharing, prelude/coda with every slot) the rows are one contiguous block, read in
-place. (A layout with one row per request holding every step's entries, tagged by step and
-masked, avoids the gather but attends over ~mean-depth times more entries; it measured 4-7%
-slower here, so the gather stays.)
+only read step 1's rows). Rows are trimmed to the longest one in the group. When most items
+read one cache slot (vanilla; every step under recursive KV sharing; step 1 or the prelude/coda
+under a shallow router) that slot's S rows are attended in place, each item's query at its batch
+slot, and only the other items' rows are gathered (copied side by side); otherwise every row is
+gathered (`_Plan`). (A layout with one row per request holding every step's entries, tagged by
+step and masked, avoids the gather but attends over ~mean-depth times more entries; it measured
+4-7% slower here.)
+
+Work counters: `passes` counts the weight passes of the last stream (one per decoder-layer call,
+one per LM-head call) and `pass_rows` the items they carried; docs/performance.md shows that
+passes per decoded token, not FLOPs, predict decode speed on a CPU at these batch sizes.
 
 Weights: every matmul weight is pre-transposed to (in, out) and contiguous (x @ W beats
 F.linear by up to 2x at decoding's small row counts on CPU), Q/K/V and gate/up are fused (K and
@@ -85,6 +90,14 @@ import torch.nn.functional as F
 from .modeling_mor import MoRForCausalLM, Tokens, gate_value, rotary_cos_sin
 
 
+# Attend a cache slot's rows in place when more than this share of the batch slots read it. A
+# gathered row costs about twice an in-place one (copy, then attend), but the in-place block
+# carries every slot plus a few scatter operators; measured on the shipped checkpoints at batch
+# 32-64, 0.5 cost mor-ec-r3 (mean depth ~2.1) 6% while 0.7 left it unchanged and still gave
+# mor-ec-r3-lean (mean depth ~1.3) up to 6%.
+IN_PLACE_SHARE = 0.7
+
+
 # ---- requests and progress events ---------------------------------------------------------------
 
 
@@ -96,6 +109,33 @@ class _Request:
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """How the N items of one layer group read their cache rows in one iteration (the same for
+    every layer of the group; only the cache slot changes from layer to layer).
+
+    Gathering an item's row copies it (index_select), which costs about twice what attending over
+    a row in place does. So when more than `IN_PLACE_SHARE` of the batch slots hold items reading one cache
+    slot (the "major" one: recursion step 1 under a shallow router, the prelude, the coda, every
+    step under recursive KV sharing), all S rows of that slot are attended in place, with each
+    item's query at its batch slot, and only the other items' rows are gathered.
+
+    L: entries attended (the longest row). mask: (N, 1, 1, L), True where an entry is hidden.
+    major: index into the group's steps of the cache slot read in place (None: gather every row).
+    slots: (N,) the items' batch slots (None: the items are slots 0..S-1, in order).
+    block_mask: (S, 1, 1, L) the mask in batch-slot order (rows of other items are overwritten).
+    minor: (M,) positions of the items that read another slot (None: none), minor_mask their mask.
+    """
+
+    L: int
+    mask: torch.Tensor
+    major: int | None = None
+    slots: torch.Tensor | None = None
+    block_mask: torch.Tensor | None = None
+    minor: torch.Tensor | None = None
+    minor_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -252,6 +292,7 @@ class Engine:
                 for r in steps:
                     table[j, r] = self.slot_of[(r, j)]
             self.group_slots.append(table.to(dev))
+        self.group_slot_ints = [t.tolist() for t in self.group_slots]  # [j][r] -> cache slot
 
     # ---- public API --------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]] | Sequence[torch.Tensor],
@@ -286,6 +327,11 @@ class Engine:
                 for i, (p, n) in enumerate(zip(plist, news))]
         self.results = [([], []) for _ in reqs]
         self.request_kv_bytes: list[int] = []  # K/V bytes each finished request held
+        # weight passes of this stream: one per decoder-layer call (whatever its row count) and
+        # per LM-head call; at small batches on a CPU each costs about the same however many
+        # items it carries, so passes per decoded token predict decode speed (docs/performance.md)
+        self.passes = {"prelude": 0, "block": 0, "coda": 0, "head": 0}
+        self.pass_rows = 0  # items carried by those passes, summed
         self._allocate(max(len(p) + n for p, n in zip(plist, news)) + 1)
         S = self.max_batch
         waiting = deque(reqs)
@@ -457,12 +503,12 @@ class Engine:
         return tokens
 
     # ---- one iteration -----------------------------------------------------------------------------
-    def _layer(self, u, x, cos, sin, rows, wrows, widx, mask, L, kw=None):
+    def _layer(self, u, x, cos, sin, wrows, widx, plan, base, rows, kw=None):
         """One decoder layer over N single-token items.
 
-        x (N, C); cos/sin (N, H + 2G, D); rows (N,) cache rows read, or an int: the first of N
-        consecutive rows; wrows/widx the rows and indices written (None: no write); kw the subset
-        of items that write (None: all); mask (N, 1, 1, L), True where an entry is hidden."""
+        x (N, C); cos/sin (N, H + 2G, D); wrows/widx the cache rows and indices written (None: no
+        write), kw the subset of items that write (None: all); plan/base/rows where the items
+        read (`_attend`)."""
         eps1, wqkv, wo, eps2, wgu, wdown = self.layer_w[u]
         H, G, D = self.H, self.G, self.D
         N = x.shape[0]
@@ -471,30 +517,71 @@ class Engine:
         if wrows is not None:
             new = qkv[:, H:].view(N, G, 2, D)
             self.kv[wrows, :, :, widx] = new if kw is None else new[kw]
-        if isinstance(rows, int):  # items are the whole contiguous block of rows: read in place
-            kv = self.kv[rows:rows + N, :, :, :L]
-        else:  # gather each item's row, trimmed to the longest
-            kv = self.kv[:, :, :, :L].index_select(0, rows)  # (N, G, 2, L, D)
-        q = qkv[:, :H].view(N, G, H // G, D)
-        scores = torch.matmul(q, kv[:, :, 0].transpose(-1, -2))  # (N, G, H/G, L), already scaled
-        scores = scores.masked_fill(mask, float("-inf"))
-        att = torch.matmul(scores.softmax(-1), kv[:, :, 1]).view(N, H * D)
+        att = self._attend(qkv[:, :H].view(N, G, H // G, D), plan, base, rows).view(N, H * D)
         x = torch.addmm(x, att, wo)
         gu = torch.mm(F.rms_norm(x, (self.C,), None, eps2), wgu)
         return torch.addmm(x, F.silu(gu[:, : self.I]) * gu[:, self.I:], wdown)
+
+    def _attend(self, q, plan: _Plan, base: int | None, rows: torch.Tensor | None):
+        """Attention of q (N, G, H/G, D) over the items' cache rows: the S-row block starting at
+        row `base` in place (items at their batch slots) when the plan has a major slot, and a
+        gather of `rows` for the others (every item when there is no major slot)."""
+        L = plan.L
+        if plan.major is None:
+            return _attention(q, self.kv[:, :, :, :L].index_select(0, rows), plan.mask)
+        S = self.max_batch
+        if plan.slots is None:
+            qb = q
+        else:
+            qb = q.new_zeros((S, *q.shape[1:]))
+            qb[plan.slots] = q
+        out = _attention(qb, self.kv[base:base + S, :, :, :L], plan.block_mask)  # (S, G, H/G, D)
+        if plan.slots is not None:
+            out = out[plan.slots]
+        if plan.minor is not None:
+            out[plan.minor] = _attention(q[plan.minor], self.kv[:, :, :, :L].index_select(0, rows), plan.minor_mask)
+        return out
+
+    def _plan(self, items, full, mask, L, step_of_item=None) -> _Plan:
+        """The read plan of N items (batch slots `items`; `full`: they are every slot, in order).
+        step_of_item: (N,) index of the cache slot each item reads, into the group's steps (None:
+        all read one slot)."""
+        S, N = self.max_batch, mask.shape[0]
+        if step_of_item is None:
+            major, count = 0, N
+        else:
+            counts = torch.bincount(step_of_item)
+            major = int(counts.argmax())
+            count = int(counts[major])
+        if count <= IN_PLACE_SHARE * S:
+            return _Plan(L, mask)
+        plan = _Plan(L, mask, major)
+        if full:
+            plan.block_mask = mask
+        else:
+            plan.slots = items
+            plan.block_mask = mask.new_zeros((S, *mask.shape[1:]))
+            plan.block_mask[items] = mask
+        if count < N:
+            plan.minor = (step_of_item != major).nonzero().squeeze(1)
+            plan.minor_mask = mask[plan.minor]
+        return plan
 
     def _unique_layers(self, which, x, items, cos, sin):
         layers = self.prelude if which == "prelude" else self.coda
         if not layers:
             return x
+        self.passes[which] += len(layers)
+        self.pass_rows += len(layers) * items.numel()
         S = self.max_batch
         p = self.pos[items]
         L = int(p.max()) + 1
         mask = (self.arange_cap[:L][None, :] > p[:, None])[:, None, None, :]
-        whole = items.numel() == S  # every slot, in order: rows are one contiguous block
+        plan = self._plan(items, items.numel() == S, mask, L)
         for i, u in enumerate(layers):
-            rows = self.slot_of[(which, i)] * S + items
-            x = self._layer(u, x, cos, sin, self.slot_of[(which, i)] * S if whole else rows, rows, p, mask, L)
+            base = self.slot_of[(which, i)] * S
+            rows = base + items
+            x = self._layer(u, x, cos, sin, rows, p, plan, base, None if plan.major is not None else rows)
         return x
 
     def _iterate(self, ent, items):
@@ -531,7 +618,7 @@ class Engine:
         single = len(self.groups) == 1
         y = None
         # the block: once over every item, grouped by unique-layer list
-        for (layers, steps), table in zip(self.groups, self.group_slots):
+        for gi, ((layers, steps), table) in enumerate(zip(self.groups, self.group_slots)):
             if single:
                 sel, it, r, cos, sin = everyone, items, step, cos_all, sin_all
             else:
@@ -557,15 +644,22 @@ class Engine:
             L = int(rlen.max())
             mask = (self.arange_cap[:L][None, :] >= rlen[:, None])[:, None, None, :]
             rows_all = table[:, r] * S + it  # (J, N)
-            # every slot, and every step reading the same cache slot (one step per group, or
-            # recursive KV sharing): each layer's rows are one contiguous block, read in place
-            whole = it.numel() == S and (len(steps) == 1 or self.shared_kv)
+            # which cache slot each item reads: its step's, or step 1's under recursive KV sharing
+            reads = None if (len(steps) == 1 or self.shared_kv) else r
+            plan = self._plan(it, it.numel() == S, mask, L, reads)
+            slot_ints = self.group_slot_ints[gi]
             y = x
+            self.passes["block"] += len(layers)
+            self.pass_rows += len(layers) * it.numel()
             for j, u in enumerate(layers):
                 rows = rows_all[j]
                 wrows = rows if kw is None else rows[kw]
-                read = self.slot_of[(steps[0], j)] * S if whole else rows
-                y = self._layer(u, y, cos, sin, read, wrows, widx, mask, L, kw)
+                if plan.major is None:
+                    base, read_rows = None, rows
+                else:
+                    base = slot_ints[j][steps[0] if reads is None else plan.major] * S
+                    read_rows = None if plan.minor is None else rows[plan.minor]
+                y = self._layer(u, y, cos, sin, wrows, widx, plan, base, read_rows, kw)
             if self.routing == "expert_choice" and self.gated:
                 y = x + take(self.gate, sel)[:, None].to(y.dtype) * (y - x)
             if sel is None:
@@ -605,10 +699,19 @@ class Engine:
 
     def _head(self, hs):
         """Coda, final norm and LM head for the exiting items in slots hs: logits (N, V) float."""
+        self.passes["head"] += 1
+        self.pass_rows += hs.numel()
         p = self.pos[hs]
         cos, sin = self.cos[p], self.sin[p]
         x = self._unique_layers("coda", self.h[hs], hs, cos, sin)
         return torch.mm(F.rms_norm(x, (self.C,), None, self.norm_eps), self.head_t).float()
+
+
+def _attention(q, kv, mask):
+    """Single-query attention: q (N, G, H/G, D) over kv (N, G, 2, L, D) (keys, values; the
+    scale is folded into q), mask (N, 1, 1, L) True where hidden; returns (N, G, H/G, D)."""
+    scores = torch.matmul(q, kv[:, :, 0].transpose(-1, -2)).masked_fill(mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), kv[:, :, 1])
 
 
 # ---- the naive path: full width, masked ----------------------------------------------------------

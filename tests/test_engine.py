@@ -242,3 +242,81 @@ def test_peak_memory_sees_a_buffer_the_block_allocates_and_touches():
         pytest.skip("peak resident memory is only measured on Linux")
     assert big.bytes >= 15 * 2**20
     assert small.bytes < 4 * 2**20
+
+
+@pytest.mark.parametrize("kv_cache", ["recursion_wise", "shared"])
+def test_every_read_plan_gives_generate_s_tokens(kv_cache, monkeypatch):
+    """Items read their K/V rows in place (whole block, block with items at their slots, block plus
+    gathered minority) or gathered; every kind occurs here and the tokens still match generate."""
+    kinds = set()
+    plan = Engine._plan
+
+    def spy(self, *args, **kwargs):
+        p = plan(self, *args, **kwargs)
+        kinds.add(("gather" if p.major is None else "block", p.slots is not None, p.minor is not None))
+        return p
+
+    monkeypatch.setattr(Engine, "_plan", spy)
+    model = tiny_model(routing="expert_choice", kv_cache=kv_cache)
+    prompts = torch.randint(0, 99, (16, 6), generator=torch.Generator().manual_seed(0)).tolist()
+    news = [3 + i % 5 for i in range(16)]
+    results = Engine(model, max_batch=5).generate(prompts, max_new_tokens=news)
+    for p, n, (tokens, depths) in zip(prompts, news, results):
+        seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True)
+        assert tokens == seq[0, 6:].tolist() and depths == ref_depths[0].tolist()
+    assert {("gather", False, False), ("block", False, False), ("block", True, False)} <= kinds
+    if kv_cache == "recursion_wise":
+        assert ("block", False, True) in kinds  # a majority step in place, the rest gathered
+
+
+@pytest.mark.parametrize("slots, reads, kind", [
+    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 0, 2, 0, 0, 0], "block+minor"),  # every slot busy: majority in place
+    ([0, 1, 2, 3, 5, 6, 7], [0, 0, 1, 0, 0, 0, 0], "block+minor"),        # a free slot: queries at their slots
+    ([0, 2, 3, 4, 5, 6, 7], [1] * 7, "block"),                            # one cache slot read by all: in place
+    ([1, 4, 5], [0, 1, 0], "gather"),                                      # no large majority: every row gathered
+])
+def test_attention_read_plans_equal_a_per_item_computation(slots, reads, kind):
+    """`_attend` under every read plan against attention computed item by item from the rows."""
+    model = tiny_model(routing="expert_choice")
+    engine = Engine(model, max_batch=8)
+    engine._allocate(12)
+    g = torch.Generator().manual_seed(0)
+    engine.kv.copy_(torch.randn(engine.kv.shape, generator=g))
+    S, G, H, D = 8, engine.G, engine.H, engine.D
+    cache_slot = {0: 2, 1: 4, 2: 1}  # the cache slot each read index points at
+    items = torch.tensor(slots)
+    lengths = torch.randint(1, 10, (len(slots),), generator=g)
+    L = int(lengths.max())
+    mask = (torch.arange(L)[None, :] >= lengths[:, None])[:, None, None, :]
+    q = torch.randn(len(slots), G, H // G, D, generator=g)
+    plan = engine._plan(items, len(slots) == S, mask, L, torch.tensor(reads))
+    assert ("gather" if plan.major is None else "block") + ("+minor" if plan.minor is not None else "") == kind
+    rows = torch.tensor([cache_slot[r] * S + s for r, s in zip(reads, slots)])
+    if plan.major is None:
+        out = engine._attend(q, plan, None, rows)
+    else:
+        out = engine._attend(q, plan, cache_slot[plan.major] * S, None if plan.minor is None else rows[plan.minor])
+    for n, (row, length) in enumerate(zip(rows.tolist(), lengths.tolist())):
+        k = engine.kv[row, :, 0, :length]  # (G, length, D)
+        v = engine.kv[row, :, 1, :length]
+        want = torch.softmax(q[n] @ k.transpose(-1, -2), -1) @ v  # (G, H/G, D)
+        torch.testing.assert_close(out[n], want)
+
+
+SENTENCES = ["The history of the city begins in the", "To be, or not to be, that is the question:",
+             "Water boils at a temperature of", "KING. My lord, the", "In 1905 Einstein published"]
+
+
+@pytest.mark.parametrize("folder", mor.list_checkpoints(), ids=lambda p: p.name)
+def test_engine_equals_generate_on_shipped_checkpoints(folder):
+    """Trained weights make every token depend on attention (a random tiny model often does not):
+    the engine's tokens and depths equal a lone `generate` per prompt, with slots refilled."""
+    model, tokenizer = mor.load(folder, device="cpu")
+    model.config.eos_token_id = None  # decode exactly n tokens in both
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in SENTENCES]
+    news = [12, 7, 12, 9, 12]
+    results = Engine(model, max_batch=3).generate(prompts, max_new_tokens=news)
+    for p, n, (tokens, depths) in zip(prompts, news, results):
+        seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True)
+        assert tokens == seq[0, len(p):].tolist()
+        assert depths == ref_depths[0].tolist()
