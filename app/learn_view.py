@@ -10,6 +10,7 @@ import streamlit as st
 import common
 import render
 from mor import MoRConfig
+from mor.engine import Engine
 
 # Okabe-Ito: a categorical palette distinguishable with the common colour-vision deficiencies.
 # Unique layers are categories (A is not "more" than B), so they get these rather than a ramp;
@@ -190,3 +191,54 @@ def parameter_counts(name: str) -> dict:
     return {"unique": model.num_parameters(), "effective": model.num_effective_parameters(),
             "layers": cfg.num_hidden_layers, "unique_layers": cfg.num_unique_layers,
             "num_recursions": cfg.num_recursions, "sharing": cfg.sharing, "tied": cfg.tie_word_embeddings}
+
+
+# ---- (e) continuous depth-wise batching ------------------------------------------------------
+
+@st.cache_data(show_spinner=False)
+def batching_run(name: str, text: str, requests: int, slots: int, new_tokens: int) -> dict:
+    """Decode `requests` prompts cut from `text` (its last 32 tokens; request i drops the last i
+    of them, so the requests differ) on the real engine with `slots` slots, greedy, recording
+    which request's token ran at which recursion step in every iteration. Also the block runs a
+    static batch of the same size would need for the same depths."""
+    model, tokenizer = common.get_model(name)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][-32:]
+    if not ids:
+        return {"columns": []}
+    prompts = [ids[: max(1, len(ids) - i)] for i in range(requests)]
+    engine = Engine(model, max_batch=slots)
+    columns = [event.block_steps for event in engine.stream(prompts, new_tokens, stop_at_eos=False,
+                                                            trace_steps=True) if event.block_steps]
+    depths = [d for _, d in engine.results]
+    # A static batch decodes `slots` requests together; at each token position the block runs once
+    # per recursion step, up to the deepest of those requests' tokens at that position.
+    static = sum(max(row[t] for row in depths[start:start + slots])
+                 for start in range(0, requests, slots) for t in range(new_tokens))
+    return {"columns": columns, "depths": depths, "static_block_runs": static, "requests": requests,
+            "slots": slots, "num_recursions": model.config.num_recursions,
+            "items": sum(len(c) for c in columns)}
+
+
+def batching_grid(run: dict, max_columns: int) -> str:
+    """HTML table, requests x engine iterations: the recursion step each request's current token
+    took in that iteration, coloured like the heatmap's depths; empty when the request had no
+    token in the block (waiting for a slot, or finished)."""
+    R = run["num_recursions"]
+    columns = [dict(c) for c in run["columns"][:max_columns]]
+    head = "".join(f'<th style="font-weight:400;padding:0 2px">{i + 1}</th>' for i in range(len(columns)))
+    rows = []
+    for req in range(run["requests"]):
+        cells = []
+        for col in columns:
+            step = col.get(req)
+            if step is None:
+                cells.append("<td></td>")
+                continue
+            bg = render.depth_colour(int(step), R)
+            cells.append(f'<td style="text-align:center;min-width:1.3em;background:{bg};'
+                         f'color:{render.text_colour(bg)}">{int(step)}</td>')
+        rows.append(f'<tr><th style="text-align:left;padding-right:8px;white-space:nowrap">request {req + 1}</th>'
+                    f'{"".join(cells)}</tr>')
+    return ('<div style="overflow-x:auto"><table style="border-collapse:separate;border-spacing:2px;'
+            'font-family:ui-monospace,monospace;font-size:0.8rem"><tr><th style="text-align:left">iteration</th>'
+            f'{head}</tr>{"".join(rows)}</table></div>')

@@ -154,6 +154,8 @@ class EngineEvent:
     tokens_per_second: tokens_generated / elapsed.
     in_flight / waiting: requests holding a slot / still queued.
     block_items: items the shared block processed in this iteration (batch utilisation).
+    block_steps: with `stream(..., trace_steps=True)`, (request index, recursion step, 1-based)
+        of every item the block ran in this iteration; else empty.
     """
 
     iteration: int
@@ -167,6 +169,7 @@ class EngineEvent:
     in_flight: int
     waiting: int
     block_items: int
+    block_steps: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _check_depth_args(depth_cap, fixed_depth, R):
@@ -307,9 +310,12 @@ class Engine:
     @torch.inference_mode()
     def stream(self, prompts, max_new_tokens: int | Sequence[int] = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               seed: int = 0, eos_token_id: int | None = None, stop_at_eos: bool = True
-               ) -> Iterator[EngineEvent]:
+               seed: int = 0, eos_token_id: int | None = None, stop_at_eos: bool = True,
+               trace_steps: bool = False) -> Iterator[EngineEvent]:
         """Decode every prompt, yielding an `EngineEvent` after every iteration.
+
+        trace_steps: report which request's item ran at which recursion step in each iteration
+        (`EngineEvent.block_steps`; one extra device-to-host copy per iteration).
 
         Sampling: request i uses `torch.Generator().manual_seed(seed + i)`. End-of-text:
         `eos_token_id` (default the config's); a request stops after emitting it (its depth is
@@ -373,8 +379,13 @@ class Engine:
                 break
             iteration += 1
             ent = torch.tensor(sorted(entering), dtype=torch.long, device=self.device) if entering else None
+            busy_slots = [s for s in range(S) if slots[s] is not None]
+            block_steps = []
+            if trace_steps:  # entering items start at step 1; the others are at their stored step
+                now, fresh = self.step.tolist(), set(entering)
+                block_steps = [(slots[s].index, 1 if s in fresh else now[s] + 1) for s in busy_slots]
             entering = []
-            items = torch.tensor([s for s in range(S) if slots[s] is not None], dtype=torch.long, device=self.device)
+            items = torch.tensor(busy_slots, dtype=torch.long, device=self.device)
             # 2-4. prelude, block, routing
             exit_slots, exit_depths = self._iterate(ent, items)
             # 5. exits
@@ -411,7 +422,7 @@ class Engine:
             busy += time.perf_counter() - t0
             yield EngineEvent(iteration, new_tokens, new_depths, finished, produced, busy, prefill_time,
                               produced / max(busy, 1e-9), sum(r is not None for r in slots), len(waiting),
-                              int(items.numel()))
+                              int(items.numel()), block_steps)
             t0 = time.perf_counter()  # the caller's time between events is not counted
 
     # ---- buffers -----------------------------------------------------------------------------------

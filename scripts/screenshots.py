@@ -191,7 +191,8 @@ def _compare(page, t, quick):
 
 
 def _learn(page, t, quick):
-    page.get_by_role("heading", name="4. Unique vs effective parameters").wait_for(timeout=t)
+    page.get_by_role("heading", name="5. Continuous depth-wise batching").wait_for(timeout=t)
+    page.get_by_text("request 1", exact=True).first.wait_for(timeout=t)  # the engine's grid, the last element
 
 
 @dataclass

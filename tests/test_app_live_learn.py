@@ -53,13 +53,34 @@ def html_with(at, needle: str) -> list[str]:
 def test_learn_page_renders_every_section():
     at = open_page("app_pages/learn.py")
     headers = [h.value for h in at.header]
-    assert len([h for h in headers if h[0].isdigit()]) == 4
+    assert len([h for h in headers if h[0].isdigit()]) == 5
     metrics = {m.label: int(m.value.replace(",", "")) for m in at.metric if "parameters" in m.label}
     assert len(metrics) == 2 and all(v > 0 for v in metrics.values())
     unique, effective = metrics.values()
     assert unique <= effective
     assert html_with(at, "step 1")  # the KV grid
     assert any("(N_r + 1)/(2N_r)" in m.value and "Formula" in m.value for m in at.markdown)
+
+
+@needs_checkpoints
+def test_batching_grid_matches_the_engine_and_the_slider():
+    """The depth-wise batching section runs the real engine: the grid has one column per block run
+    the metric reports (up to 40 drawn), at most `slots` tokens per run, fewer slots mean more block
+    runs, and one slot is exactly a static batch of one."""
+    name = with_routing("expert_choice")[0]
+    at = open_page("app_pages/learn.py", name)
+    runs = {}
+    for slots in (3, 1):
+        at.slider(key="learn_slots").set_value(slots).run()
+        assert not at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        runs[slots] = int(metrics["Block runs, depth-wise batching"])
+        grid = html_with(at, "request 1")[0]
+        columns = re.findall(r"<th style=\"font-weight:400;padding:0 2px\">(\d+)</th>", grid)
+        assert len(columns) == min(runs[slots], 40)
+        assert float(metrics["Tokens per block run"].split()[0]) <= slots
+    assert runs[1] > runs[3]
+    assert int(dict((m.label, m.value) for m in at.metric)["Block runs, static batches"]) == runs[1]
 
 
 @needs_checkpoints

@@ -320,3 +320,26 @@ def test_engine_equals_generate_on_shipped_checkpoints(folder):
         seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True)
         assert tokens == seq[0, len(p):].tolist()
         assert depths == ref_depths[0].tolist()
+
+
+def test_traced_steps_climb_one_at_a_time_to_each_token_s_depth():
+    """trace_steps: every request's items go 1, 2, ..., depth and start again at 1 for the next
+    token, and the depths read off the trace are the ones the engine reports."""
+    model = tiny_model(routing="expert_choice")
+    prompts = torch.randint(0, 99, (7, 5), generator=torch.Generator().manual_seed(3)).tolist()
+    engine = Engine(model, max_batch=3)
+    per_request: dict[int, list[int]] = {}
+    for event in engine.stream(prompts, max_new_tokens=6, trace_steps=True):
+        assert len(event.block_steps) == event.block_items
+        for index, step in event.block_steps:
+            per_request.setdefault(index, []).append(step)
+    assert len({step for steps in per_request.values() for step in steps}) > 1
+    for index, steps in per_request.items():
+        depths, run = [], 0
+        for step in steps:
+            assert step == run + 1 or step == 1
+            if step == 1 and run:
+                depths.append(run)
+            run = step
+        depths.append(run)
+        assert depths == engine.results[index][1]

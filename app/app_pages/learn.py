@@ -1,5 +1,6 @@
 """How MoR works: parameter sharing, expert- vs token-choice routing and why top-k is not causal,
-the two KV-cache strategies, and unique vs effective parameters, on the loaded checkpoint."""
+the two KV-cache strategies, unique vs effective parameters, and continuous depth-wise batching,
+on the loaded checkpoint."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from mor.configuration_mor import SHARING_STRATEGIES
 
 # Columns of the KV grid; longer texts are counted in full but drawn only this far.
 KV_GRID_TOKENS = 16
+# Depth-wise batching demo: tokens decoded per request, and engine iterations drawn.
+BATCHING_TOKENS = 8
+BATCHING_COLUMNS = 40
 SHARING_HELP = {
     "cycle": "The block of unique layers repeats: ABC ABC ABC.",
     "sequence": "Each unique layer is applied several times in a row: AAA BBB CCC.",
@@ -186,6 +190,37 @@ def section_parameters() -> None:
                                    if counts["tied"] else "."))
 
 
+def section_batching(text: str) -> None:
+    """(e) Continuous depth-wise batching, run now on the real engine."""
+    st.header("5. Continuous depth-wise batching")
+    st.markdown(
+        "Every recursion step applies the **same** block, so tokens at different steps can share one "
+        "run of it. The engine keeps a few requests in flight (its *slots*); in every iteration the "
+        "block runs **once** over every token still recursing, whatever its step and request. A token "
+        "that exits goes through the last layer and the LM head, its request picks the next token, and "
+        "that token starts at step 1 in the next iteration; a finished request's slot goes to the next "
+        "waiting one. A shallow token frees its request sooner, while a deep one keeps recursing.")
+    c1, c2 = st.columns(2)
+    requests = c1.slider("Requests", 2, 8, 6, key="learn_requests")
+    slots = c2.slider("Slots (requests in flight at once)", 1, 8, 3, key="learn_slots")
+    run = lw.batching_run(name, text, requests, slots, BATCHING_TOKENS)
+    if not run["columns"]:
+        st.info("Type some text: the requests are cut from it.")
+        return
+    shown = min(len(run["columns"]), BATCHING_COLUMNS)
+    st.caption(f"{name} on the engine now: {requests} requests cut from the text above (request i drops "
+               f"its last i − 1 tokens), {BATCHING_TOKENS} greedy new tokens each, {slots} slot(s). Columns "
+               f"are engine iterations (first {shown} of {len(run['columns'])}); a cell is the recursion step "
+               "that request's current token takes in that iteration.")
+    st.html(lw.batching_grid(run, BATCHING_COLUMNS))
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Block runs, depth-wise batching", len(run["columns"]))
+    m2.metric("Block runs, static batches", run["static_block_runs"],
+              help=f"Computed from the same depths: {slots} requests decode together, and at each token "
+                   "position the block runs once per step, up to the deepest of their tokens.")
+    m3.metric("Tokens per block run", f"{run['items'] / len(run['columns']):.2f} of {slots}")
+
+
 section_sharing()
 st.divider()
 st.markdown("The sections below use this text:")
@@ -197,3 +232,5 @@ st.divider()
 section_kv(sample_text)
 st.divider()
 section_parameters()
+st.divider()
+section_batching(sample_text)
