@@ -30,7 +30,9 @@ st.caption("Every number on this page is measured now, on this machine, by runni
            "slow them down.")
 st.caption("Decoding runs on the continuous depth-wise batching engine: every iteration runs the shared "
            "recursion block once over all tokens still recursing, whatever their depth and row, so a row "
-           "whose tokens exit early moves on to its next token sooner.")
+           "whose tokens exit early moves on to its next token sooner. The live run is timed while the "
+           "page redraws its tokens (when the browser runs on this machine, it competes for the same CPU), so "
+           "it reads lower than the side-by-side table, which is measured without redraws.")
 
 name = common.checkpoint_picker()
 if name is None:
@@ -114,6 +116,10 @@ def live_run(ids: list[int]) -> dict:
     label = html.escape(f"{name}, {lv.setting_label(depth, routing)}, batch {batch}, "
                         f"{'sampled' if sample else 'greedy'}")
     total = batch * new_tokens
+    # an untimed two-token warm-up, as in the side-by-side table: a process's first pass at a
+    # new shape pays one-off allocation costs that are not decoding speed
+    for _ in stream_generate(model, [ids] * batch, max_new_tokens=2, **depth):
+        pass
     for state in stream_generate(model, [ids] * batch, max_new_tokens=new_tokens, **depth, **sampling):
         if time.perf_counter() - last_draw > REDRAW_SECONDS or state.fed == total:
             snapshot = {"label": label, "tokens_per_second": state.tokens_per_second, "tokens": state.fed,
