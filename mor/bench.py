@@ -55,7 +55,7 @@ PATH_TITLES = {
     "llama": "transformers LlamaForCausalLM.generate",
 }
 DEFAULT_CHECKPOINTS = ("vanilla", "recursive-r3", "mor-ec-r3", "mor-tc-r3", "mor-ec-r3-kvshare", "mor-ec-r4",
-                       "mor-ec-r3-lean")
+                       "mor-ec-r3-lean", "mor-ec-r3-sparse")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -877,7 +877,8 @@ def analysis_lines(report) -> list[str]:
         v = report["checkpoints"][vanilla]
         head = v["vocab_size"] * v["hidden_size"] / 1e6
     out.append("- What would close the gap: fewer passes per decoded token, i.e. a shallower router "
-               "(mor-ec-r3-lean trains with capacities 1, 1/3, 1/6 for this reason; the test-time depth caps above "
+               "(mor-ec-r3-lean and mor-ec-r3-sparse train with capacities 1, 1/3, 1/6 and 1, 1/6, 1/12 for this "
+               "reason; the test-time depth caps above "
                "show the same trade on the other checkpoints) or larger batches, where a pass's cost starts to grow "
                "with its rows and decoding moves towards the FLOPs regime the paper measured on GPUs. Running the "
                "coda, head and prelude only every other iteration (exited tokens wait one iteration) cuts their "

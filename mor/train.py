@@ -46,6 +46,9 @@ PRESETS: dict[str, dict] = {
     # a speed-oriented router: one token in three takes a 2nd recursion, one in six a 3rd (mean depth 1.5)
     "mor-ec-r3-lean": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                            capacities=[1.0, 1 / 3, 1 / 6]),
+    # sparser still: one token in six takes a 2nd recursion, one in twelve a 3rd (mean depth 1.25)
+    "mor-ec-r3-sparse": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice",
+                             capacities=[1.0, 1 / 6, 1 / 12]),
     # for tests and smoke runs
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  num_hidden_layers=5, num_recursions=3, routing="expert_choice"),
