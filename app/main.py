@@ -10,9 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import
 st.set_page_config(page_title="MoR Lens", page_icon="🔁", layout="wide")
 
 PAGES = Path(__file__).resolve().parent / "app_pages"
+# The default page is served at "/"; its own url_path only has to differ from the redirect below.
+HEATMAP = st.Page(PAGES / "heatmap.py", title="Depth heatmap", icon="🌡️", default=True, url_path="depth-heatmap")
 st.navigation({
     "Explore": [
-        st.Page(PAGES / "heatmap.py", title="Depth heatmap", icon="🌡️", default=True, url_path="heatmap"),
+        HEATMAP,
         st.Page(PAGES / "scaling.py", title="Test-time scaling", icon="🎚️", url_path="scaling"),
         st.Page(PAGES / "kv_memory.py", title="KV cache memory", icon="🧠", url_path="kv-memory"),
         st.Page(PAGES / "throughput.py", title="Live throughput", icon="⚡", url_path="throughput"),
@@ -20,5 +22,8 @@ st.navigation({
     ],
     "Learn": [
         st.Page(PAGES / "learn.py", title="How MoR works", icon="🎓", url_path="learn"),
+        # Links to /heatmap open the default page instead of Streamlit's "Page not found".
+        st.Page(lambda: st.switch_page(HEATMAP, query_params=st.query_params.to_dict()), title="Depth heatmap",
+                url_path="heatmap", visibility="hidden"),
     ],
 }).run()

@@ -237,6 +237,17 @@ def test_heatmap_follows_the_text(server, page, model):
     assert not page.dialogs
 
 
+def test_heatmap_path_opens_the_heatmap_with_its_query(server, page, model):
+    """/heatmap (the page's name, which a user may type or bookmark) opens the heatmap, keeping the
+    text and checkpoint from the URL, instead of Streamlit's "Page not found"."""
+    base_url, _ = server
+    open_app(page, base_url, "heatmap", text=TEXT_A)
+    got = wait_for_trace(page, expected(model, TEXT_A), TEXT_A)
+    assert_matches(got, expected(model, TEXT_A), model[0].config.num_recursions)
+    assert page.get_by_text("Page not found").count() == 0
+    assert "/heatmap" not in got["url"] and "ckpt=" in got["url"]
+
+
 def test_scaling_slider_changes_depths(server, page, model):
     base_url, _ = server
     R = model[0].config.num_recursions
