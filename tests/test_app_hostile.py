@@ -141,6 +141,7 @@ def test_hostile_text(shipped, reference, page, kind):
         captions = " ".join(texts_of(at.caption))
         assert f"tokens whose depth differs between the two rules" in captions
         assert f"for all {tokens} tokens" in captions
+        assert any("request 1" in h.proto.body for h in at.html)  # the engine ran on prompts cut from it
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
