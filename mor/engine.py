@@ -123,7 +123,8 @@ class _Plan:
     item's query at its batch slot, and only the other items' rows are gathered.
 
     L: entries attended (the longest row). mask: (N, 1, 1, L), True where an entry is hidden.
-    major: index into the group's steps of the cache slot read in place (None: gather every row).
+    major: the recursion step whose cache slot is read in place, 0 when every item reads one slot
+        (None: gather every row).
     slots: (N,) the items' batch slots (None: the items are slots 0..S-1, in order).
     block_mask: (S, 1, 1, L) the mask in batch-slot order (rows of other items are overwritten).
     minor: (M,) positions of the items that read another slot (None: none), minor_mask their mask.
@@ -555,8 +556,8 @@ class Engine:
 
     def _plan(self, items, full, mask, L, step_of_item=None) -> _Plan:
         """The read plan of N items (batch slots `items`; `full`: they are every slot, in order).
-        step_of_item: (N,) index of the cache slot each item reads, into the group's steps (None:
-        all read one slot)."""
+        step_of_item: (N,) the recursion step whose cache slot each item reads (None: all items
+        read one slot)."""
         S, N = self.max_batch, mask.shape[0]
         if step_of_item is None:
             major, count = 0, N
