@@ -46,6 +46,7 @@ import torch
 from .engine import Engine, naive_generate
 from .flops import decode_flops_per_token
 from .loading import list_checkpoints, load, resolve_checkpoint
+from .results import save_figure
 
 PATHS = ("naive", "gather", "engine")
 PATH_TITLES = {
@@ -566,11 +567,7 @@ def plot(report: dict, out_dir: Path) -> list[str]:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("decode tokens / s")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    f = out_dir / "perf_decode_vs_batch.png"
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(f.name)
+    files.append(save_figure(fig, out_dir / "perf_decode_vs_batch.png"))
 
     g = report["growth"]
     if g["trace"] or g["decode"]:
@@ -593,11 +590,7 @@ def plot(report: dict, out_dir: Path) -> list[str]:
         axes[1].set_ylabel("engine decode ms per token")
         axes[1].legend(fontsize=8)
         axes[1].grid(alpha=0.3)
-        fig.tight_layout()
-        f = out_dir / "perf_cost_growth.png"
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f.name)
+        files.append(save_figure(fig, out_dir / "perf_cost_growth.png"))
     return files
 
 

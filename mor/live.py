@@ -101,6 +101,13 @@ def stream_generate(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | to
                           event.prefill_seconds, event.block_items)
 
 
+def warm_up(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | torch.Tensor, **depth_kwargs) -> None:
+    """An untimed two-token decode of `prompts`: the first pass at a new shape pays one-off
+    allocation costs that would otherwise count against whichever run comes first."""
+    for _ in stream_generate(model, prompts, max_new_tokens=2, **depth_kwargs):
+        pass
+
+
 def measure_decode(model: MoRForCausalLM, prompt_ids: Sequence[int] | torch.Tensor, batch_size: int,
                    new_tokens: int, **depth_kwargs) -> dict:
     """Greedy-decode `new_tokens` tokens for `batch_size` copies of one prompt and report speed.
@@ -114,10 +121,7 @@ def measure_decode(model: MoRForCausalLM, prompt_ids: Sequence[int] | torch.Tens
     if not prompt:
         raise ValueError("the prompt is empty: it needs at least one token.")
     batch = [prompt] * batch_size
-    # An untimed two-token warm-up: the first pass at a new shape pays one-off allocation costs
-    # that would otherwise penalise whichever setting happens to be measured first.
-    for _ in stream_generate(model, batch, max_new_tokens=2, **depth_kwargs):
-        pass
+    warm_up(model, batch, **depth_kwargs)
     last = None
     for last in stream_generate(model, batch, max_new_tokens=new_tokens, **depth_kwargs):
         pass
@@ -131,4 +135,4 @@ def measure_decode(model: MoRForCausalLM, prompt_ids: Sequence[int] | torch.Tens
     }
 
 
-__all__ = ["DecodeState", "measure_decode", "stream_generate"]
+__all__ = ["DecodeState", "measure_decode", "stream_generate", "warm_up"]

@@ -100,16 +100,21 @@ def measure(name: str, windows: torch.Tensor, kv_text: str, vanilla_nll: np.ndar
     return row, nll
 
 
-def finish_plot(fig, ax, path: Path) -> str:
-    """Legend, grid, save as PNG, free the figure; returns the file name."""
+def save_figure(fig, path: Path) -> str:
+    """Lay out, save as PNG, free the figure; returns the file name (shared with `mor bench`)."""
     import matplotlib.pyplot as plt
 
-    ax.legend()
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
+
+
+def finish_plot(fig, ax, path: Path) -> str:
+    """Legend, grid, then `save_figure`."""
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
 
 
 def write_plots(rows: list[dict], out: Path) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 import common
 import live_view as lv
 from mor.data import token_texts
-from mor.live import stream_generate
+from mor.live import stream_generate, warm_up
 
 # Redraw at most this often: each redraw sends the page a new HTML block.
 REDRAW_SECONDS = 0.1
@@ -116,10 +116,7 @@ def live_run(ids: list[int]) -> dict:
     label = html.escape(f"{name}, {lv.setting_label(depth, routing)}, batch {batch}, "
                         f"{'sampled' if sample else 'greedy'}")
     total = batch * new_tokens
-    # an untimed two-token warm-up, as in the side-by-side table: a process's first pass at a
-    # new shape pays one-off allocation costs that are not decoding speed
-    for _ in stream_generate(model, [ids] * batch, max_new_tokens=2, **depth):
-        pass
+    warm_up(model, [ids] * batch, **depth)  # as the side-by-side table does
     for state in stream_generate(model, [ids] * batch, max_new_tokens=new_tokens, **depth, **sampling):
         if time.perf_counter() - last_draw > REDRAW_SECONDS or state.fed == total:
             snapshot = {"label": label, "tokens_per_second": state.tokens_per_second, "tokens": state.fed,
