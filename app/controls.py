@@ -34,11 +34,13 @@ def heatmap(trace: dict, routing: str, container=None) -> None:
     (container or st).html(render.heatmap_html(trace, routing=routing))
 
 
-def truncation_note(trace: dict, context: int, container=None) -> None:
-    if trace["truncated_tokens"]:
-        (container or st).warning(
-            f"The text is longer than this checkpoint's {context}-token context window: only the first "
-            f"{context} tokens are shown; {trace['truncated_tokens']} tokens were dropped.")
+def window_note(trace: dict, context: int, container=None) -> None:
+    """Say when a text longer than the context window was traced in overlapping windows."""
+    if trace.get("windows", 1) > 1:
+        (container or st).info(
+            f"The text is longer than this checkpoint's {context}-token context window, so it was traced "
+            f"whole in {trace['windows']} overlapping windows: every token is scored once, with at least "
+            f"{context - context // 2} tokens of left context (all it has near the start).")
 
 
 def depth_histogram_chart(trace: dict) -> alt.Chart:

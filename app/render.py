@@ -158,8 +158,8 @@ def summary_lines(trace: dict) -> list[str]:
         f"Mean depth: {trace.get('mean_depth', 0.0):.3f} of {trace['num_recursions']}",
         f"Mean NLL: {_fmt(nll)} nats per token",
     ]
-    if trace.get("truncated_tokens"):
-        lines.append(f"Truncated: {trace['truncated_tokens']} tokens beyond the context window were dropped")
+    if trace.get("windows", 1) > 1:
+        lines.append(f"Traced in {trace['windows']} overlapping windows of the {trace.get('context')}-token context")
     return lines
 
 

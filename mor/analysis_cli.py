@@ -2,6 +2,7 @@
 
     mor eval --checkpoint mor-ec-r3 --text-file data/val.txt --depth-cap 2 --json
     mor trace --checkpoint mor-ec-r3 --text "To be, or not to be" --json
+    mor probe --checkpoint mor-ec-r3-probe --depth-cap 1 --json
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import analysis
+from . import analysis, probe
 from .loading import load
 
 
@@ -36,7 +37,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         hist = " ".join(f"d{k}:{v}" for k, v in result["depth_histogram"].items())
-        print(f"nll {result['nll']:.4f}  ppl {result['ppl']:.2f}  tokens {result['tokens']}  "
+        print(f"nll {result['nll']:.4f}  ppl {result['ppl']:.2f}  bits/byte {result['bits_per_byte']:.4f}  "
+              f"tokens {result['tokens']}  windows {result['windows']}  "
               f"mean depth {result['mean_depth']:.3f}  [{hist}]")
     return 0
 
@@ -52,14 +54,31 @@ def cmd_trace(args: argparse.Namespace) -> int:
         keys = ("checkpoint", "num_recursions", "tokens", "depths", "token_nll", "router_scores")
         full = tr.to_json()
         out = {k: full[k] for k in keys}
-        out.update(mean_depth=tr.mean_depth, truncated_tokens=tr.truncated_tokens)
+        out.update(mean_depth=tr.mean_depth, truncated_tokens=tr.truncated_tokens, windows=tr.windows,
+                   context=tr.context)
         print(json.dumps(out, ensure_ascii=False))
         return 0
     for token, depth, nll in zip(tr.tokens, tr.depths, tr.token_nll):
         nll_text = "   -  " if nll is None else f"{nll:6.2f}"
         print(f"{depth}  {nll_text}  {token!r}")
     print(f"mean depth {tr.mean_depth:.3f} over {len(tr.depths)} tokens"
-          + (f" ({tr.truncated_tokens} tokens beyond the context window were dropped)" if tr.truncated_tokens else ""))
+          + (f" (traced whole in {tr.windows} overlapping {tr.context}-token windows)" if tr.windows > 1 else ""))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    model, tokenizer = load(args.checkpoint, device=args.device)
+    if args.depth_cap is not None and args.depth_cap > model.config.num_recursions:
+        raise ValueError(f"--depth-cap {args.depth_cap} is above this checkpoint's {model.config.num_recursions} recursions.")
+    fmt, trained = probe.checkpoint_format(args.checkpoint)
+    result = probe.run_probe(model, tokenizer, fmt, examples=args.examples, seed=args.seed, depth_cap=args.depth_cap)
+    result.update(checkpoint=str(args.checkpoint), trained_on_format=trained)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['task']} {fmt.line(47, 586)!r}: accuracy {result['accuracy']:.3f} on {result['examples']} fresh "
+              f"problems; mean depth: answer digits {result['mean_depth_answer']:.3f}, prompt digits "
+              f"{result['mean_depth_prompt']:.3f}" + ("" if trained else " (not trained on this format)"))
     return 0
 
 
@@ -77,10 +96,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("eval", help="next-token NLL, perplexity and depth statistics of a text file")
     add_common(p)
-    p.add_argument("--text-file", required=True, help="UTF-8 text to evaluate (split into context-length windows)")
+    p.add_argument("--text-file", required=True, help="UTF-8 text to evaluate (overlapping context-length windows)")
     p.set_defaults(func=cmd_eval)
     p = subparsers.add_parser("trace", help="per-token depths, router scores and NLL of a text")
     add_common(p)
-    p.add_argument("--text", help="the text to trace (truncated to the context window)")
+    p.add_argument("--text", help="the text to trace (longer than the context window: traced in overlapping windows)")
     p.add_argument("--text-file", help="read the text from this UTF-8 file instead of --text")
     p.set_defaults(func=cmd_trace)
+    p = subparsers.add_parser("probe", help="greedy exact-match accuracy on fresh addition problems (the reasoning probe)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a name under checkpoints/ (see `mor list`)")
+    p.add_argument("--depth-cap", type=positive_int, help="no token takes more than K recursions")
+    p.add_argument("--examples", type=positive_int, default=500, help="fresh problems to solve (default: 500)")
+    p.add_argument("--seed", type=int, default=1234, help="seed that draws the problems (default: 1234)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", action="store_true",
+                   help='print {"task", "examples", "accuracy", "mean_depth_answer", "mean_depth_prompt", ...}')
+    p.set_defaults(func=cmd_probe)

@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 
-from . import analysis_cli, bench, data, loading, results, train
+from . import analysis_cli, bench, loading, results
+from .training import loop as train
+from .data import cli as data_cli
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the checkpoints found under checkpoints/ with their metadata")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_list)
-    data.register_cli(sub)
+    data_cli.register_cli(sub)
     train.register_cli(sub)
     analysis_cli.register_cli(sub)
     results.register_cli(sub)

@@ -148,6 +148,17 @@ def load_tokenizer(folder: Path, vocab_size: int):
     return tokenizer
 
 
+def read_training_info(name_or_path: str | os.PathLike) -> dict | None:
+    """A checkpoint's training.json (how it was trained), or None when it has none."""
+    path = resolve_checkpoint(name_or_path) / "training.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not readable JSON: {err}") from None
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "auto", with_tokenizer: bool = True):
     """Load a checkpoint as (model, tokenizer), the model in eval mode, float32, on `device`.
 

@@ -21,7 +21,8 @@ import torch
 
 from . import analysis
 from .loading import list_checkpoints, load, load_config
-from .train import TokenData, model_card
+from .data.windows import TokenData
+from .training.card import model_card
 
 PAPER = {
     "vanilla": "Paper baseline: vanilla 360M Llama (315M params), few-shot avg 42.3% at equal FLOPs.",

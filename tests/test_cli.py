@@ -117,7 +117,7 @@ def test_eval_json_schema_and_depth_cap(shipped_mor, tmp_path, capsys):
         code, out, _ = run_cli(args, capsys)
         assert code == 0
         results[cap] = json.loads(out)
-        assert set(results[cap]) == {"nll", "ppl", "tokens", "mean_depth", "depth_histogram"}
+        assert set(results[cap]) == {"nll", "ppl", "tokens", "mean_depth", "depth_histogram", "bits_per_byte", "windows"}
     assert results["1"]["mean_depth"] == 1.0
     assert results["1"]["nll"] != results[None]["nll"]
     assert sum(results[None]["depth_histogram"].values()) == results[None]["tokens"]

@@ -76,7 +76,7 @@ def main() -> None:
     for col, side, trace, mine, reference in zip((col_a, col_b), (a, b), traces, numbers, (None, numbers[0])):
         col.markdown(f"**{side['name']}**: {render.setting_label(trace)}")
         controls.summary_metrics(mine, side["num_recursions"], container=col, reference=reference, per_row=2)
-        controls.truncation_note(trace, side["context"], container=col)
+        controls.window_note(trace, side["context"], container=col)
         controls.heatmap(trace, side["routing"], container=col)
     show_table(*traces)
 

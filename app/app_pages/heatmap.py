@@ -47,7 +47,7 @@ def main() -> None:
     if not trace["tokens"]:
         controls.empty_text_note()
         return
-    controls.truncation_note(trace, info["context"])
+    controls.window_note(trace, info["context"])
     controls.heatmap(trace, info["routing"])
     show_metrics(name, trace)
     st.subheader("Tokens per depth")

@@ -106,11 +106,14 @@ def main() -> None:
     if not trace["tokens"]:
         controls.empty_text_note()
         return
-    controls.truncation_note(trace, info["context"])
+    controls.window_note(trace, info["context"])
 
     report = views.kv_report(name, text)
     rows = views.kv_rows(report)
     st.subheader(f"After a prefill of {report['tokens']} tokens")
+    if report["tokens"] < len(trace["tokens"]):
+        st.caption(f"A KV cache holds one context window, so this prefill is of its first {report['tokens']} tokens "
+                   f"(the text has {len(trace['tokens'])}); the grid below covers the whole text.")
     show_totals(report)
     show_steps(rows)
     cols = st.columns(2)

@@ -225,7 +225,7 @@ section_sharing()
 st.divider()
 st.markdown("The sections below use this text:")
 sample_text = common.text_picker(key="learn_text", height=100)
-controls.truncation_note(common.get_trace(name, sample_text),
+controls.window_note(common.get_trace(name, sample_text),
                          common.get_model(name)[0].config.max_position_embeddings)
 section_routing(sample_text)
 st.divider()

@@ -54,7 +54,7 @@ def main() -> None:
     if not trace["tokens"]:
         controls.empty_text_note()
         return
-    controls.truncation_note(trace, info["context"])
+    controls.window_note(trace, info["context"])
     controls.summary_metrics(views.summary(name, trace), R)
     timing = st.container()  # filled once the sweep below has timed every setting
     controls.heatmap(trace, info["routing"])

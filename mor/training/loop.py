@@ -19,83 +19,24 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .configuration_mor import MoRConfig
-from .flops import forward_flops
-from .loading import save_checkpoint
-from .modeling_mor import MoRForCausalLM
-
-# Model shapes shared by the suite: d_model 256, vocab 8192, 8 effective layers.
-BASE = dict(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2)
-PRESETS: dict[str, dict] = {
-    "vanilla": dict(BASE, num_hidden_layers=8, num_recursions=1, sharing="cycle", routing="none"),
-    "recursive-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="none"),
-    "mor-ec-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice"),
-    "mor-tc-r3": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="token_choice"),
-    "mor-ec-r3-kvshare": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice", kv_cache="shared"),
-    "mor-ec-r4": dict(BASE, num_hidden_layers=10, num_recursions=4, routing="expert_choice"),
-    # a speed-oriented router: one token in three takes a 2nd recursion, one in six a 3rd (mean depth 1.5)
-    "mor-ec-r3-lean": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice",
-                           capacities=[1.0, 1 / 3, 1 / 6]),
-    # sparser still: one token in six takes a 2nd recursion, one in twelve a 3rd (mean depth 1.25)
-    "mor-ec-r3-sparse": dict(BASE, num_hidden_layers=8, num_recursions=3, routing="expert_choice",
-                             capacities=[1.0, 1 / 6, 1 / 12]),
-    # for tests and smoke runs
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=5, num_recursions=3, routing="expert_choice"),
-}
-
-
-@dataclass
-class TokenData:
-    """A corpus split as one flat array of token ids, sampled as random windows."""
-
-    ids: np.ndarray
-
-    @classmethod
-    def from_text_file(cls, path: Path, tokenizer, cache_dir: Path | None = None) -> "TokenData":
-        """Tokenize `path` (documents separated by blank lines, each ending in EOS); the ids are
-        cached beside it as raw uint16 keyed by file size and tokenizer vocabulary size."""
-        text_path = Path(path)
-        if not text_path.is_file():
-            raise FileNotFoundError(f"{text_path} not found; build the corpus with `mor data --out data`.")
-        stat = text_path.stat()
-        cache = (cache_dir or text_path.parent) / f"{text_path.stem}.{stat.st_size}.{len(tokenizer)}.u16"
-        if cache.is_file():
-            return cls(np.fromfile(cache, dtype=np.uint16))
-        docs = [d for d in text_path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-        eos = tokenizer.eos_token_id
-        ids = []
-        for start in range(0, len(docs), 2048):
-            for row in tokenizer(docs[start:start + 2048], add_special_tokens=False)["input_ids"]:
-                ids.extend(row + [eos])
-        arr = np.asarray(ids, dtype=np.uint16)
-        arr.tofile(cache)
-        return cls(arr)
-
-    def batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-        if len(self.ids) <= seq_len + 1:
-            raise ValueError(f"the corpus has {len(self.ids)} tokens, fewer than one window of {seq_len + 1}.")
-        starts = torch.randint(0, len(self.ids) - seq_len, (batch_size,), generator=generator)
-        return torch.from_numpy(np.stack([self.ids[s:s + seq_len].astype(np.int64) for s in starts.tolist()]))
-
-    def fixed_windows(self, count: int, seq_len: int) -> torch.Tensor:
-        """Evenly spaced, non-overlapping windows: the same validation set every time."""
-        n = min(count, len(self.ids) // seq_len)
-        if n == 0:
-            raise ValueError(f"the validation split has {len(self.ids)} tokens, fewer than one window of {seq_len}.")
-        stride = len(self.ids) // n
-        return torch.from_numpy(np.stack([self.ids[i * stride:i * stride + seq_len].astype(np.int64) for i in range(n)]))
-
+from ..configuration_mor import MoRConfig
+from ..data.addition import AdditionFormat, AdditionStream
+from ..data.windows import TokenData
+from ..flops import forward_flops
+from ..loading import save_checkpoint
+from ..modeling_mor import MoRForCausalLM
+from .card import model_card
+from .presets import PRESETS, preset_model, preset_train
 
 def lr_at(progress: float, peak: float, warmup: float, schedule: str, decay_fraction: float = 0.2) -> float:
     """Learning rate at `progress` in [0, 1] of the budget: linear warmup then cosine to 10%,
@@ -200,10 +141,8 @@ def load_resume(out: Path, model, optimizer) -> dict | None:
 # ---- the run ---------------------------------------------------------------------------------
 
 def build_config(args, vocab_size: int, tokenizer) -> MoRConfig:
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}.")
     # The context window is what the model was trained on: RoPE positions beyond it were never seen.
-    kwargs = dict(PRESETS[args.preset], max_position_embeddings=args.seq_len, vocab_size=vocab_size,
+    kwargs = dict(preset_model(args.preset), max_position_embeddings=args.seq_len, vocab_size=vocab_size,
                   eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
     for item in args.set or []:
@@ -217,9 +156,53 @@ def build_config(args, vocab_size: int, tokenizer) -> MoRConfig:
     return MoRConfig(**kwargs)
 
 
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every run setting the command line left out (None) from the preset."""
+    for key, value in preset_train(args.preset).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not 0 <= args.addition_share < 1:
+        raise ValueError(f"--addition-share must be in [0, 1), got {args.addition_share}.")
+    if not 0 <= args.depth_cap_prob <= 1:
+        raise ValueError(f"--depth-cap-prob must be in [0, 1], got {args.depth_cap_prob}.")
+    return args
+
+
+def addition_format(args) -> AdditionFormat | None:
+    """The addition slice's format, or None when the run has no addition rows."""
+    if not args.addition_share:
+        return None
+    return AdditionFormat.zero_padded(args.addition_digits, reversed_answer=args.addition_reversed)
+
+
+def training_batch(train_data: TokenData, stream: AdditionStream | None, share: float, batch_size: int,
+                   seq_len: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, labels) of one step: text windows, and on average `share` of the rows addition problems
+    (their operands masked out of the labels). Everything is drawn from `gen`, so a resumed run
+    sees the same rows."""
+    x = train_data.batch(batch_size, seq_len, gen)
+    labels = x.clone()
+    if stream is not None:
+        rows = (torch.rand(batch_size, generator=gen) < share).nonzero().flatten().tolist()
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        for row in rows:
+            ids, row_labels = stream.row(seq_len, rng)
+            x[row], labels[row] = torch.tensor(ids), torch.tensor(row_labels)
+    return x, labels
+
+
+def sample_depth_cap(config: MoRConfig, probability: float, gen: torch.Generator) -> int | None:
+    """With `probability`, a depth cap drawn uniformly from 1..N_r-1 for this step ("anytime"
+    training: the readout learns to work after any number of recursions); else None."""
+    if config.num_recursions < 2 or not probability or torch.rand(1, generator=gen).item() >= probability:
+        return None
+    return int(torch.randint(1, config.num_recursions, (1,), generator=gen))
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import PreTrainedTokenizerFast
 
+    resolve_settings(args)
     torch.set_flush_denormal(True)  # denormals in small updates slow CPU matmuls ~5x
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
@@ -238,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     train_data = TokenData.from_text_file(Path(args.train_file or data_dir / "train.txt"), tokenizer)
     val_data = TokenData.from_text_file(Path(args.val_file or data_dir / "val.txt"), tokenizer)
     config = build_config(args, len(tokenizer), tokenizer)
+    fmt = addition_format(args)
+    stream = AdditionStream(fmt, tokenizer) if fmt else None
     model = MoRForCausalLM(config)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "router" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "router" in n]
@@ -268,8 +253,9 @@ def run(args: argparse.Namespace) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"] * world + rank)
-        x = train_data.batch(args.batch_size, args.seq_len, gen)
-        result = wrapped(x, labels=x, use_cache=False)
+        x, labels = training_batch(train_data, stream, args.addition_share, args.batch_size, args.seq_len, gen)
+        cap = sample_depth_cap(config, args.depth_cap_prob, gen)
+        result = wrapped(x, labels=labels, use_cache=False, depth_cap=cap)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -318,6 +304,8 @@ def finish(args, model, tokenizer, val_windows, state, out: Path, world: int) ->
         "unique_parameters": model.num_parameters(), "effective_parameters": model.num_effective_parameters(),
         "final_val_nll": round(nll, 5), "final_val_mean_depth": round(depth, 4),
         "val_tokens": int(val_windows[:, 1:].numel()), "calibration": calibration,
+        "probe": fmt.record() if (fmt := addition_format(args)) else None,
+        "addition_share": args.addition_share, "depth_cap_prob": args.depth_cap_prob,
         "loss_curve": state["curve"][:: max(1, len(state["curve"]) // 400)], "val_curve": state["val_curve"],
         "corpus": {"train": str(args.train_file or Path(args.data) / "train.txt"),
                    "sources": json.loads(sources.read_text()) if sources.is_file() else None},
@@ -326,33 +314,6 @@ def finish(args, model, tokenizer, val_windows, state, out: Path, world: int) ->
     (out / "README.md").write_text(model_card(out.name, model.config, info))
     print(f"wrote {out}: val nll {nll:.4f}, mean depth {depth:.2f}, {state['tokens']:,} tokens, "
           f"{state['flops']:.3g} FLOPs, {state['seconds'] / 60:.1f} min", file=sys.stderr)
-
-
-def model_card(name: str, cfg: MoRConfig, info: dict) -> str:
-    """A short README for a checkpoint folder, from its config and training.json."""
-    lines = [
-        f"# {name}", "",
-        f"A {'Mixture-of-Recursions' if cfg.routing != 'none' else 'baseline'} causal LM trained on the CPU by "
-        f"`mor train --preset {info['preset']}` (MoR Lens).", "",
-        "| | |", "|---|---|",
-        f"| routing | {cfg.routing} |", f"| sharing | {cfg.sharing} |", f"| KV cache | {cfg.kv_cache} |",
-        f"| recursions N_r | {cfg.num_recursions} |", f"| effective layers L | {cfg.num_hidden_layers} |",
-        f"| hidden size | {cfg.hidden_size} |",
-        f"| unique / effective parameters | {info['unique_parameters']:,} / {info['effective_parameters']:,} |",
-        f"| tokens seen | {info['tokens_seen']:,} |", f"| training FLOPs | {info['training_flops']:.3g} |",
-        f"| wall time | {info['wall_seconds'] / 60:.1f} min |", f"| validation NLL | {info['final_val_nll']:.4f} |",
-        "", "## Training data", "",
-    ]
-    sources = ((info["corpus"].get("sources") or {}).get("sources")) or {}
-    for key, src in sources.items():
-        licence = src.get("licence", {})
-        lines.append(f"- {key}: `{src['package']}` {src['version']}, {src['used']}. Text licence: "
-                     f"{licence.get('text', '?')}; package licence {licence.get('package', '?')}.")
-    if not sources:
-        lines.append(f"- {info['corpus']['train']}")
-    lines += ["", "A small research model trained for minutes on two CPU cores: expect fluent-looking but "
-              "unreliable text.", ""]
-    return "\n".join(lines)
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
@@ -368,18 +329,27 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer folder (default: DATA/tokenizer)")
     p.add_argument("--train-file", help="training text (default: DATA/train.txt)")
     p.add_argument("--val-file", help="validation text (default: DATA/val.txt)")
-    # budget: the first one reached stops the run
+    # budget: the first one reached stops the run; flags left out come from the preset
+    # (mor/training/presets.py), so `mor train --preset NAME` alone reproduces checkpoint NAME
     p.add_argument("--flops-budget", type=float, help="stop after this many training FLOPs (3x forward, active tokens only)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes of wall time")
     # optimisation
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (per process under torchrun)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, betas 0.9/0.95)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (per process under torchrun)")
+    p.add_argument("--seq-len", type=int, help="tokens per training sequence (the checkpoint's context window)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, betas 0.9/0.95)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (not norms, routers)")
-    p.add_argument("--warmup", type=float, default=0.03, help="warmup as a fraction of the budget")
-    p.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd",
+    p.add_argument("--warmup", type=float, help="warmup as a fraction of the budget")
+    p.add_argument("--schedule", choices=["wsd", "cosine"],
                    help="wsd: warmup-stable-decay (last 20%% decays to 0); cosine: decays to 10%% of peak")
+    # what the stream holds and how depth is trained
+    p.add_argument("--addition-share", type=float,
+                   help="fraction of training rows that are addition problems (mor/data/addition.py); 0: none")
+    p.add_argument("--addition-digits", type=int, help="digits of each addition operand (zero-padded)")
+    p.add_argument("--addition-reversed", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the sums last digit first")
+    p.add_argument("--depth-cap-prob", type=float,
+                   help="probability that a step trains under a random depth cap in 1..N_r-1 (anytime readout)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and batch sampling")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
