@@ -10,7 +10,7 @@ import streamlit as st
 import common
 import render
 from mor import MoRConfig
-from mor.engine import Engine
+from mor.inference.engine import Engine
 
 # Okabe-Ito: a categorical palette distinguishable with the common colour-vision deficiencies.
 # Unique layers are categories (A is not "more" than B), so they get these rather than a ramp;

@@ -15,8 +15,8 @@ import streamlit as st
 import common
 import mor
 import render
-from mor.live import measure_decode
-from mor.loading import load_config
+from mor.inference.live import measure_decode
+from mor.model.loading import load_config
 
 
 # ---- colours and spans -----------------------------------------------------------------------

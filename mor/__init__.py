@@ -8,10 +8,10 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .cache import MoRCache
-from .configuration_mor import MoRConfig
-from .loading import CheckpointError, list_checkpoints, load, resolve_checkpoint, save_checkpoint
-from .modeling_mor import MoRCausalLMOutput, MoRForCausalLM, MoRModel
+from .model.cache import MoRCache
+from .model.configuration import MoRConfig
+from .model.loading import CheckpointError, list_checkpoints, load, resolve_checkpoint, save_checkpoint
+from .model.modeling import MoRCausalLMOutput, MoRForCausalLM, MoRModel
 
 AutoConfig.register("mor", MoRConfig, exist_ok=True)
 AutoModelForCausalLM.register(MoRConfig, MoRForCausalLM, exist_ok=True)

@@ -1,11 +1,11 @@
 """The `mor` command line: one subcommand per job, each defined next to the code it runs.
 
     mor list [--json]                     shipped checkpoints and their metadata
-    mor data --out data                   build the corpus and tokenizer (mor/data.py)
-    mor train --preset mor-ec-r3 ...      train a checkpoint (mor/train.py)
-    mor eval / mor trace                  evaluate and trace a checkpoint (mor/analysis_cli.py)
-    mor results --out docs                regenerate docs/results.md (mor/results.py)
-    mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/bench.py)
+    mor data --out data                   build the corpus and tokenizer (mor/data/cli.py)
+    mor train --preset mor-ec-r3 ...      train a checkpoint (mor/training/loop.py)
+    mor eval / trace / probe              evaluate, trace and probe a checkpoint (mor/analysis/cli.py)
+    mor results --out docs                regenerate docs/results.md (mor/analysis/results.py)
+    mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/analysis/bench.py)
 
 Errors a user can cause (bad flags, missing files, broken checkpoints) print one clear line on
 stderr and exit non-zero; they never show a traceback.
@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 
-from . import analysis_cli, bench, loading, results
+from .analysis import bench, cli as analysis_cli, results
+from .model import loading
 from .training import loop as train
 from .data import cli as data_cli
 

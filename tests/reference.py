@@ -2,7 +2,7 @@
 
 Full width and dense: every step computes every token, attention is a plain softmax over a
 (T, T) mask of the step's active tokens, inactive tokens keep their state through `torch.where`.
-No gathering, no cache objects, no shared helpers with `mor.modeling_mor`: only the weights are
+No gathering, no cache objects, no shared helpers with `mor.model.modeling`: only the weights are
 read from the model. Eval-mode causal routing, float32.
 """
 

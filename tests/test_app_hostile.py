@@ -23,7 +23,7 @@ import pytest
 
 import mor
 from mor import analysis
-from mor.loading import load_config
+from mor.model.loading import load_config
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402

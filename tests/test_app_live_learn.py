@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import mor
-from mor.loading import load_config
+from mor.model.loading import load_config
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 

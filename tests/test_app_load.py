@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import mor
-from mor.loading import load_config
+from mor.model.loading import load_config
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402

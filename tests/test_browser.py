@@ -67,7 +67,7 @@ def shipped_checkpoint() -> str | None:
     if shots.PREFERRED_CHECKPOINT in names:
         return shots.PREFERRED_CHECKPOINT
     for folder in folders:
-        cfg = mor.loading.load_config(folder)
+        cfg = mor.model.loading.load_config(folder)
         if cfg.routing != "none" and cfg.num_recursions >= 2:
             return folder.name
     return None

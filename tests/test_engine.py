@@ -1,4 +1,4 @@
-"""Continuous depth-wise batching (mor/engine.py) and the benchmark command (mor/bench.py).
+"""Continuous depth-wise batching (mor/inference/engine.py) and the benchmark command (mor/analysis/bench.py).
 
 The engine must give every request exactly what `model.generate` gives it alone: same tokens,
 same per-token depths, whatever else shares the batch. No timing is asserted anywhere."""
@@ -15,8 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 import mor
 from conftest import tiny_model
-from mor import bench
-from mor.engine import Engine, naive_generate
+from mor.analysis import bench
+from mor.inference.engine import Engine, naive_generate
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from mor.live import measure_decode, stream_generate
+from mor.inference.live import measure_decode, stream_generate
 
 
 def collect(model, prompts, **kwargs):

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from mor import probe
+from mor.analysis import probe
 from mor.cli import main
 from mor.data.addition import AdditionFormat, AdditionStream, draw_pair, pair_bucket, sample_pairs
 from mor.data.tokenizer import train_tokenizer

@@ -11,7 +11,7 @@ import common
 import controls
 import learn_view as lw
 import live_view as lv
-from mor.configuration_mor import SHARING_STRATEGIES
+from mor.model.configuration import SHARING_STRATEGIES
 
 # Columns of the KV grid; longer texts are counted in full but drawn only this far.
 KV_GRID_TOKENS = 16

@@ -1,5 +1,5 @@
 """Live throughput: decode with the real model right now on the depth-wise batching engine
-(`mor.engine`, through `mor.live`), watch tokens/s climb, then measure every depth setting (and a
+(`mor.inference.engine`, through `mor.inference.live`), watch tokens/s climb, then measure every depth setting (and a
 comparison checkpoint) side by side on this machine."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import common
 import live_view as lv
 from mor.data import token_texts
-from mor.live import stream_generate, warm_up
+from mor.inference.live import stream_generate, warm_up
 
 # Redraw at most this often: each redraw sends the page a new HTML block.
 REDRAW_SECONDS = 0.1

@@ -29,13 +29,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..configuration_mor import MoRConfig
+from ..model.configuration import MoRConfig
 from ..data.addition import AdditionFormat, AdditionStream
 from ..data.windows import TokenData
-from ..flops import forward_flops
-from ..loading import save_checkpoint
-from ..modeling_mor import MoRForCausalLM
-from .card import model_card
+from ..model.flops import forward_flops
+from ..model.loading import save_checkpoint
+from ..model.modeling import MoRForCausalLM
+from ..model.card import model_card
 from .presets import PRESETS, preset_model, preset_train
 
 def lr_at(progress: float, peak: float, warmup: float, schedule: str, decay_fraction: float = 0.2) -> float:

@@ -1,22 +1,22 @@
-"""What the model did with a text, as plain data: traces, evaluations, KV-cache accounting.
+"""What the model did with a text, as plain data: per-token traces and evaluations of whole texts.
 
 Everything here returns dataclasses or dicts of numbers and strings (never UI objects), so the
-CLI prints them as JSON and the app renders them; both show exactly the same measurements.
+CLI prints them as JSON and the app renders them; both show exactly the same measurements. A text
+longer than the context window runs in overlapping windows (`sliding_windows`), so it is traced
+whole.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
-from .data.tokenizer import token_texts
-from .flops import forward_flops
-from .modeling_mor import MoRForCausalLM
+from ..data.tokenizer import token_texts
+from ..model.flops import forward_flops
+from ..model.modeling import MoRForCausalLM
 
 
 @dataclass
@@ -185,69 +185,6 @@ def evaluate(model: MoRForCausalLM, tokenizer, text: str, *, depth_cap: int | No
             "bits_per_byte": total / math.log(2) / max(1, scored_bytes), "windows": run.windows,
             "mean_depth": sum(run.depths) / len(run.depths),
             "depth_histogram": {str(d): run.depths.count(d) for d in range(1, R + 1)}}
-
-
-@dataclass
-class KVReport:
-    """Bytes of K/V held after a prefill of the text, per strategy and step, measured and by formula."""
-
-    tokens: int
-    bytes_per_token_per_layer: int
-    measured: dict[str, dict[str, int]] = field(default_factory=dict)  # strategy -> step -> bytes
-    formula: dict[str, dict[str, int]] = field(default_factory=dict)
-    cached_tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # strategy -> step -> tokens
-
-    def totals(self) -> dict[str, int]:
-        return {s: sum(v.values()) for s, v in self.measured.items()}
-
-
-_KV_VARIANTS: "weakref.WeakKeyDictionary[MoRForCausalLM, dict[str, MoRForCausalLM]]" = weakref.WeakKeyDictionary()
-
-
-def with_kv_cache(model: MoRForCausalLM, kv_cache: str) -> MoRForCausalLM:
-    """The same weights under another KV strategy: a copy made once per model and strategy
-    (the original is never modified, so a model shared between app sessions stays intact)."""
-    if model.config.kv_cache == kv_cache:
-        return model
-    variants = _KV_VARIANTS.setdefault(model, {})
-    if kv_cache not in variants:
-        config = copy.deepcopy(model.config)
-        config.kv_cache = kv_cache
-        other = MoRForCausalLM(config).to(model.device).eval()
-        other.load_state_dict(model.state_dict())
-        variants[kv_cache] = other
-    return variants[kv_cache]
-
-
-@torch.no_grad()
-def kv_report(model: MoRForCausalLM, tokenizer, text: str) -> KVReport:
-    """Prefill the text three ways and read the caches: every token at full depth
-    ("full"), router depths with recursion-wise caching, router depths with recursive KV sharing.
-    The formula column recomputes the same bytes from the token counts alone."""
-    cfg = model.config
-    ids, _ = encode(tokenizer, text, cfg.max_position_embeddings)
-    if not ids:
-        raise ValueError("the text is empty: nothing to cache.")
-    x = torch.tensor([ids], device=model.device)
-    per = 2 * cfg.num_key_value_heads * cfg.head_dim * torch.finfo(model.dtype).bits // 8
-    prelude, steps, coda = cfg.layer_plan()
-    unique_bytes = (len(prelude) + len(coda)) * len(ids) * per
-    runs = {"full": (with_kv_cache(model, "recursion_wise"), dict(fixed_depth=cfg.num_recursions)),
-            "recursion_wise": (with_kv_cache(model, "recursion_wise"), {}),
-            "shared": (with_kv_cache(model, "shared"), {})}
-    report = KVReport(tokens=len(ids), bytes_per_token_per_layer=per)
-    for name, (m, kwargs) in runs.items():
-        cache = m.model.new_cache(1)
-        out = m(x, past_key_values=cache, **kwargs)
-        report.measured[name] = cache.bytes_per_step()
-        counts = [int((out.depths[0] >= r).sum()) for r in range(1, cfg.num_recursions + 1)]
-        if name == "shared":
-            counts = [counts[0]] + [0] * (cfg.num_recursions - 1)
-        report.cached_tokens[name] = {f"step {r + 1}": n for r, n in enumerate(counts)}
-        formula = {"unique layers": unique_bytes} if unique_bytes else {}
-        formula.update({f"step {r + 1}": len(steps[r]) * n * per for r, n in enumerate(counts) if n})
-        report.formula[name] = formula
-    return report
 
 
 def step_flops(model: MoRForCausalLM, tr: Trace) -> dict[str, float]:

@@ -8,7 +8,7 @@ so a model whose tokens exit early costs less per token, which is the point of M
 
 from __future__ import annotations
 
-from .configuration_mor import MoRConfig
+from .configuration import MoRConfig
 
 
 def layer_weights(config: MoRConfig) -> int:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .data.addition import AdditionFormat, sample_pairs
-from .loading import read_training_info
+from ..data.addition import AdditionFormat, sample_pairs
+from ..model.loading import read_training_info
 
 DEFAULT_FORMAT = AdditionFormat.zero_padded(3)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..configuration_mor import MoRConfig
+from .configuration import MoRConfig
 
 
 def model_card(name: str, cfg: MoRConfig, info: dict) -> str:

@@ -11,8 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from . import analysis, probe
-from .loading import load
+from .. import analysis
+from ..model.loading import load
+from . import probe
 
 
 def positive_int(value: str) -> int:

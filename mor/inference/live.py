@@ -1,6 +1,6 @@
 """Streaming generation with a live clock, through the continuous depth-wise batching engine.
 
-`stream_generate` decodes several rows with `mor.engine.Engine` (the fast inference path: one
+`stream_generate` decodes several rows with `mor.inference.engine.Engine` (the fast inference path: one
 shared-block run per iteration over every token still recursing, whatever its depth and row)
 and yields the running state after every engine iteration, so a caller can show tokens, their
 depths and tokens/s while they arrive. `measure_decode` runs it to the end and returns the
@@ -9,7 +9,7 @@ numbers, for side-by-side comparisons.
 Run example::
 
     import mor
-    from mor.live import stream_generate
+    from mor.inference.live import stream_generate
     model, tok = mor.load("mor-ec-r3")
     ids = tok("The king", add_special_tokens=False)["input_ids"]
     for state in stream_generate(model, [ids] * 8, max_new_tokens=32):
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .engine import Engine
-from .modeling_mor import MoRForCausalLM
+from ..model.modeling import MoRForCausalLM
 
 
 @dataclass

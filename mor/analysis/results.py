@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import analysis
-from .loading import list_checkpoints, load, load_config
-from .data.windows import TokenData
-from .training.card import model_card
+from .. import analysis
+from ..model.loading import list_checkpoints, load, load_config
+from ..data.windows import TokenData
+from ..model.card import model_card
 
 PAPER = {
     "vanilla": "Paper baseline: vanilla 360M Llama (315M params), few-shot avg 42.3% at equal FLOPs.",

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache import MoRCache
-from .configuration_mor import ROUTING_MODES, MoRConfig
+from .configuration import ROUTING_MODES, MoRConfig
 
 
 class MoRRMSNorm(nn.Module):

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .configuration_mor import MoRConfig
-from .modeling_mor import MoRForCausalLM
+from .configuration import MoRConfig
+from .modeling import MoRForCausalLM
 
 WEIGHTS = "model.safetensors"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth", "model.ckpt")

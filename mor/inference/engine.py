@@ -3,7 +3,7 @@
 Run example::
 
     import mor
-    from mor.engine import Engine
+    from mor.inference.engine import Engine
     model, tok = mor.load("mor-ec-r3", device="cpu")
     engine = Engine(model, max_batch=16)
     prompts = [tok(t).input_ids for t in ["The king", "Once upon a time", "In 1990 the"]]
@@ -87,7 +87,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .modeling_mor import MoRForCausalLM, Tokens, gate_value, rotary_cos_sin
+from ..model.modeling import MoRForCausalLM, Tokens, gate_value, rotary_cos_sin
 
 
 # Attend a cache slot's rows in place when more than this share of the batch slots read it. A
