@@ -274,3 +274,21 @@ def test_straight_through_gate_keeps_update_size(ids):
     with torch.no_grad():  # straight-through at full depth equals the ungated recursive baseline
         assert (st(ids, fixed_depth=3).logits - baseline(ids).logits).abs().max() < 1e-4
         assert (scaled(ids, fixed_depth=3).logits - baseline(ids).logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_step_states(routing, ids):
+    """The state after step r stops changing once a token has exited (a depth-1 token never changes
+    after step 1), and asking for the states changes nothing else."""
+    model = tiny_model(routing=routing)
+    R = model.config.num_recursions
+    with torch.no_grad():
+        base = model.model(ids, output_step_states=True)
+        assert len(base.step_states) == R
+        for r in range(1, R):
+            exited = base.depths <= r  # took at most r steps: no change from step r to r + 1
+            assert torch.equal(base.step_states[r][exited], base.step_states[r - 1][exited])
+        changed = (base.step_states[-1] != base.step_states[0]).any(-1)
+        assert torch.equal(changed & (base.depths == 1), torch.zeros_like(changed))
+        plain = model.model(ids)
+        assert plain.step_states is None and torch.equal(plain.last_hidden_state, base.last_hidden_state)

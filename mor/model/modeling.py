@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
 from .cache import MoRCache
 from .configuration import ROUTING_MODES, MoRConfig
@@ -228,6 +229,25 @@ def token_choice_balancing_loss(probs: torch.Tensor, depth: torch.Tensor, real: 
 
 
 @dataclass
+class MoRModelOutput(ModelOutput):
+    """What the recursion stack returns (MoRModel.forward).
+
+    last_hidden_state: (B, T, C) after the coda and the final norm.
+    depths / router_scores: as in MoRCausalLMOutput.
+    aux_losses: the router losses by name ("bce_2", "z_2", "balancing", ...), unweighted.
+    step_states: with `output_step_states`, R tensors (B, T, C): the hidden state after recursion
+        step r (before the coda); a token that exited at depth d keeps its step-d state.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: MoRCache | None = None
+    depths: torch.LongTensor | None = None
+    router_scores: torch.FloatTensor | None = None
+    aux_losses: dict | None = None
+    step_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class MoRCausalLMOutput(CausalLMOutputWithPast):
     """Causal-LM output plus what the routers did.
 
@@ -318,8 +338,9 @@ class MoRModel(MoRPreTrainedModel):
         depth_cap: int | None = None,
         fixed_depth: int | None = None,
         routing_mode: str | None = None,
-    ):
-        """Returns (hidden (B, T, C), depths (B, T), router_scores (B, T, R), aux losses dict, cache)."""
+        output_step_states: bool = False,
+    ) -> MoRModelOutput:
+        """The recursion stack over input_ids (B, T); see MoRModelOutput for what it returns."""
         cfg = self.config
         R = cfg.num_recursions
         B, T = input_ids.shape
@@ -347,14 +368,17 @@ class MoRModel(MoRPreTrainedModel):
         for i, u in enumerate(self.prelude):
             h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("prelude", i)]]))
 
-        h, depths, scores, aux = self._recurse(h, real, positions, cache, depth_cap, fixed_depth, mode)
+        states: list[torch.Tensor] | None = [] if output_step_states else None
+        h, depths, scores, aux = self._recurse(h, real, positions, cache, depth_cap, fixed_depth, mode, states)
 
         for i, u in enumerate(self.coda):
             h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("coda", i)]]))
-        return self.norm(h), depths, scores, aux, cache
+        return MoRModelOutput(last_hidden_state=self.norm(h), cache=cache, depths=depths, router_scores=scores,
+                              aux_losses=aux, step_states=tuple(states) if states is not None else None)
 
-    def _recurse(self, h, real, positions, cache, depth_cap, fixed_depth, mode):
-        """Apply the shared block up to R times, each token as deep as its router allows."""
+    def _recurse(self, h, real, positions, cache, depth_cap, fixed_depth, mode, states=None):
+        """Apply the shared block up to R times, each token as deep as its router allows. With a
+        `states` list, append the hidden state after every step (R of them, also past an early stop)."""
         cfg = self.config
         R = cfg.num_recursions
         B, T, _ = h.shape
@@ -404,8 +428,14 @@ class MoRModel(MoRPreTrainedModel):
             if gate is not None:
                 y = x + tokens.gather(gate[..., None].to(h.dtype)) * (y - x)
             h = tokens.scatter(h, y)
+            if states is not None:
+                states.append(h)
         if tc_gate is not None:
             h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
+            if states is not None:  # token-choice scales the update once, at exit: show each step's state so scaled
+                states[:] = [h_in + tc_gate[..., None].to(h.dtype) * (state - h_in) for state in states]
+        if states is not None:
+            states.extend([h] * (R - len(states)))  # steps nobody took: every token keeps its state
         return h, depths, scores, aux
 
 
@@ -453,8 +483,9 @@ class MoRForCausalLM(MoRPreTrainedModel):
         "causal" (default in eval: each token decides alone, decodable) or "capacity" (top-k over
         the sequence, the training rule). Pass `past_key_values` (a `MoRCache`) to decode."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        hidden, depths, scores, aux_parts, cache = self.model(
-            input_ids, attention_mask, past_key_values, depth_cap, fixed_depth, routing_mode)
+        base = self.model(input_ids, attention_mask, past_key_values, depth_cap, fixed_depth, routing_mode)
+        hidden, depths, scores, aux_parts, cache = (base.last_hidden_state, base.depths, base.router_scores,
+                                                    base.aux_losses, base.cache)
         logits = self.lm_head(hidden).float()  # (B, T, V)
         loss = lm_loss = aux = None
         if labels is not None:
@@ -533,4 +564,4 @@ class MoRForCausalLM(MoRPreTrainedModel):
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-__all__ = ["MoRForCausalLM", "MoRModel", "MoRPreTrainedModel", "MoRCausalLMOutput"]
+__all__ = ["MoRForCausalLM", "MoRModel", "MoRPreTrainedModel", "MoRCausalLMOutput", "MoRModelOutput"]
