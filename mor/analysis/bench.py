@@ -46,7 +46,7 @@ import torch
 from ..inference.engine import Engine, naive_generate
 from ..model.flops import decode_flops_per_token
 from ..model.loading import list_checkpoints, load, resolve_checkpoint
-from .results import save_figure
+from .report import save_figure
 
 PATHS = ("naive", "gather", "engine")
 PATH_TITLES = {

@@ -1,0 +1,324 @@
+"""Reports rendered from measured data: docs/results.md (and the plotting helpers `mor bench` shares).
+
+Nothing here measures. Every sentence that states a result is built from the numbers it states
+(`Check`: a target, the measured value, and whether it holds), so a report can never say
+something its own tables contradict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# What the paper reports for the same comparisons (facts from arXiv 2507.10524, not measured here).
+PAPER = {
+    "vanilla": "Paper baseline: vanilla 360M Llama (315M params), few-shot avg 42.3% at equal FLOPs.",
+    "recursive-r3": "Paper: recursive baselines (sharing without routing) trail vanilla slightly at equal FLOPs.",
+    "mor-ec-r3": "Paper (360M, equal FLOPs): MoR expert-choice beats vanilla with ~half the unique params "
+                 "(N_r=2: 167M params, NLL ~2.75, 43.1% vs 42.3%); recursion-wise caching ~50% less KV memory.",
+    "mor-tc-r3": "Paper: token-choice trails expert-choice (load imbalance), still competitive with vanilla.",
+    "mor-ec-r3-kvshare": "Paper: recursive KV sharing saves more memory and prefill compute, small quality drop.",
+    "mor-ec-r4": "Paper: N_r=4 gives the largest throughput gain (up to 2.06x) at a small quality cost.",
+    "mor-ec-r3-lean": "Not in the paper (its expert-choice capacities for N_r=3 are 3/3, 2/3, 1/3): capacities "
+                      "1, 1/3, 1/6 (mean depth 1.5) aim at decode speed; see docs/performance.md.",
+    "mor-ec-r3-sparse": "Not in the paper: capacities 1, 1/6, 1/12 (mean depth 1.25), the fastest router here.",
+    "mor-ec-r3-probe": "Not in the paper: mor-ec-r3 trained mostly on addition, to see depth matter on a task "
+                       "that needs sequential computation (carries).",
+}
+
+
+# --------------------------------------------------------------------------- plotting helpers
+
+
+def save_figure(fig, path: Path) -> str:
+    """Lay out, save as PNG, free the figure; returns the file name (shared with `mor bench`)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def finish_plot(fig, ax, path: Path) -> str:
+    """Legend, grid, then `save_figure`."""
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def _figure(width: float = 7, height: float = 4):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def results_plots(data: dict, out: Path) -> dict[str, str]:
+    """NLL against the depth cap, and probe accuracy against the depth cap; {kind: file name}."""
+    rows = data["rows"]
+    files = {}
+    fig, ax = _figure()
+    for r in rows:
+        if r["R"] > 1:
+            caps = sorted(r["cap_nll"], key=int)
+            ax.plot([int(c) for c in caps], [r["cap_nll"][c] for c in caps], marker="o", label=r["name"])
+    for r in rows:
+        if r["R"] == 1:
+            ax.axhline(r["val_nll"], color="gray", linestyle="--", label=f"{r['name']} (no recursion)")
+    ax.set_xlabel("depth cap (max recursions per token)")
+    ax.set_ylabel("validation NLL (nats per token)")
+    ax.set_xticks(range(1, 1 + max(r["R"] for r in rows)))
+    files["depth_cap"] = finish_plot(fig, ax, out / "nll_vs_depth_cap.png")
+
+    fig, ax = _figure()
+    for r in rows:
+        by_cap = r["probe"]["by_cap"]
+        caps = sorted(by_cap, key=int)
+        style = "-" if r["probe"]["trained_on_format"] else ":"
+        ax.plot([int(c) for c in caps], [100 * by_cap[c]["accuracy"] for c in caps], style, marker="o", label=r["name"])
+    ax.set_xlabel("depth cap (max recursions per token)")
+    ax.set_ylabel("exact-match accuracy on fresh problems (%)")
+    ax.set_xticks(range(1, 1 + max(r["R"] for r in rows)))
+    files["probe"] = finish_plot(fig, ax, out / "probe_vs_depth_cap.png")
+    return files
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass
+class Check:
+    """One stated target and whether the measured value meets it."""
+
+    claim: str
+    holds: bool
+    measured: str
+
+    def line(self) -> str:
+        return f"- {'✅' if self.holds else '❌'} {self.claim}: **{'holds' if self.holds else 'does NOT hold'}** ({self.measured})."
+
+
+def _row(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["name"] == name), None)
+
+
+def _caps(row: dict) -> list[float]:
+    return [row["cap_nll"][c] for c in sorted(row["cap_nll"], key=int)]
+
+
+def depth_checks(rows: list[dict]) -> list[Check]:
+    checks = []
+    flagship = _row(rows, "mor-ec-r3")
+    if flagship:
+        caps = _caps(flagship)
+        gap = caps[0] / caps[-1] - 1
+        checks.append(Check("mor-ec-r3 at depth cap 1 is at least 3% worse (NLL) than at full depth", gap >= 0.03,
+                            f"cap 1 {caps[0]:.4f} vs cap {len(caps)} {caps[-1]:.4f}: {100 * gap:+.2f}%"))
+    for r in rows:
+        if r["R"] < 2:
+            continue
+        caps = _caps(r)
+        rises = [k + 2 for k, (a, b) in enumerate(zip(caps, caps[1:])) if b > a + 1e-4]
+        checks.append(Check(f"{r['name']}: NLL does not rise as the depth cap rises", not rises,
+                            " ≥ ".join(f"{c:.4f}" for c in caps) + (f"; rises at cap {', '.join(map(str, rises))}" if rises else "")))
+        if r["routing"] != "none" and "fixed_full_nll" in r:
+            excess = r["fixed_full_nll"] / r["val_nll"] - 1
+            checks.append(Check(f"{r['name']}: every token at full depth is no worse than the router's choice by more "
+                                "than 0.5%", excess <= 0.005,
+                                f"full depth {r['fixed_full_nll']:.4f} vs router {r['val_nll']:.4f}: {100 * excess:+.2f}%"))
+    return checks
+
+
+def quality_checks(data: dict) -> list[Check]:
+    rows, checks = data["rows"], []
+    baseline = data.get("baseline") or []
+    for text in data["texts"]:
+        if not baseline:
+            break
+        best_old = min(baseline, key=lambda b: b["texts"][text]["bits_per_byte"])
+        best_new = min(rows, key=lambda r: r["texts"][text]["bits_per_byte"])
+        old, new = best_old["texts"][text]["bits_per_byte"], best_new["texts"][text]["bits_per_byte"]
+        checks.append(Check(f"bits per byte on the {text} text at least 8% below the best earlier checkpoint",
+                            new <= 0.92 * old, f"{best_new['name']} {new:.4f} vs earlier {best_old['name']} {old:.4f}: "
+                            f"{100 * (new / old - 1):+.1f}%"))
+    vanilla, flagship = _row(rows, "vanilla"), _row(rows, "mor-ec-r3")
+    if vanilla and flagship:
+        ok = flagship["val_nll"] <= vanilla["val_nll"] and flagship["unique_params"] < vanilla["unique_params"]
+        checks.append(Check("mor-ec-r3 at or below vanilla's NLL with fewer unique parameters, at equal training FLOPs", ok,
+                            f"{flagship['val_nll']:.4f} vs {vanilla['val_nll']:.4f} with {flagship['unique_params'] / 1e6:.2f}M vs "
+                            f"{vanilla['unique_params'] / 1e6:.2f}M unique parameters; training FLOPs "
+                            f"{flagship['training_flops']:.3g} vs {vanilla['training_flops']:.3g}"))
+    return checks
+
+
+def probe_checks(rows: list[dict]) -> list[Check]:
+    routed = [r for r in rows if r["routing"] != "none" and r["probe"]["by_cap"]]
+    if not routed:
+        return []
+    best = max(routed, key=lambda r: r["probe"]["by_cap"][str(r["R"])]["accuracy"])
+    by_cap = best["probe"]["by_cap"]
+    full, one = by_cap[str(best["R"])], by_cap["1"]
+    deeper = (full["mean_depth_answer"] or 0) > (full["mean_depth_prompt"] or 0)
+    return [
+        Check(f"the best MoR checkpoint on the probe ({best['name']}) reaches 90% exact match at full depth",
+              full["accuracy"] >= 0.9, f"{100 * full['accuracy']:.1f}%"),
+        Check(f"{best['name']} is at least 20 points lower at depth cap 1", full["accuracy"] - one["accuracy"] >= 0.2,
+              f"{100 * one['accuracy']:.1f}% at cap 1 vs {100 * full['accuracy']:.1f}%"),
+        Check(f"{best['name']}'s router sends answer digits deeper than prompt digits", deeper,
+              f"mean depth {_num(full['mean_depth_answer'], 3)} (answer) vs {_num(full['mean_depth_prompt'], 3)} (prompt)"),
+    ]
+
+
+def router_checks(rows: list[dict]) -> list[Check]:
+    checks = []
+    for r in rows:
+        if "causal_capacity_agreement" in r:
+            checks.append(Check(f"{r['name']}: the causal rule gives the top-k depth on at least 90% of tokens",
+                                r["causal_capacity_agreement"] >= 0.9, f"{100 * r['causal_capacity_agreement']:.1f}%"))
+        if r["routing"] != "none":
+            std = r.get("sentence_depth_std", float("nan"))
+            checks.append(Check(f"{r['name']}: depth varies within sentences (mean within-sentence std > 0.3)",
+                                std > 0.3, f"{std:.3f}"))
+    return checks
+
+
+def difficulty_sentence(row: dict) -> str:
+    """How depth relates to difficulty, in words computed from the two Spearman readings."""
+    own = row.get("spearman_depth_vanilla_own_nll", row.get("spearman_depth_own_nll"))
+    nxt = row.get("spearman_depth_vanilla_next_nll", row.get("spearman_depth_next_nll"))
+    under = "vanilla" if "spearman_depth_vanilla_own_nll" in row else "the model itself"
+
+    def reading(rho: float, what: str) -> str:
+        if rho is None or math.isnan(rho):
+            return f"no measurable relation with {what}"
+        strength = "weakly " if abs(rho) < 0.1 else ("" if abs(rho) < 0.3 else "clearly ")
+        direction = "deeper" if rho > 0 else "shallower"
+        return f"{strength}{direction} where {what} is higher (ρ = {rho:+.2f})"
+
+    return (f"- **{row['name']}** (NLL under {under}): tokens go {reading(own, 'their own surprisal')}, and "
+            f"{reading(nxt, 'the next token’s NLL')}.")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    base = _row(rows, "vanilla")
+    lines = ["| checkpoint | routing | N_r | context | unique params | tokens seen | training FLOPs | val NLL | vs vanilla | bits/byte | mean depth |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = f"{100 * (r['val_nll'] / base['val_nll'] - 1):+.1f}%" if base else "n/a"
+        seen = f"{r['tokens_seen'] / 1e6:.2f}M" if r.get("tokens_seen") else "?"
+        flops = f"{r['training_flops']:.2e}" if r.get("training_flops") else "?"
+        lines.append(f"| {r['name']} | {r['routing']} | {r['R']} | {r['context']} | {r['unique_params'] / 1e6:.2f}M | {seen} | "
+                     f"{flops} | {r['val_nll']:.4f} | {delta} | {r['texts']['validation']['bits_per_byte']:.4f} | {r['mean_depth']:.2f} |")
+    return lines
+
+
+def bpb_table(data: dict) -> list[str]:
+    names = list(data["texts"])
+    lines = ["| checkpoint | " + " | ".join(f"{n} (bits/byte)" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['name']} | " + " | ".join(f"{r['texts'][n]['bits_per_byte']:.4f}" for n in names) + " |")
+    for b in data.get("baseline") or []:
+        lines.append(f"| earlier: {b['name']} | " + " | ".join(f"{b['texts'][n]['bits_per_byte']:.4f}" for n in names) + " |")
+    return lines
+
+
+def depth_cap_table(rows: list[dict]) -> list[str]:
+    R = max(r["R"] for r in rows)
+    lines = ["| checkpoint | " + " | ".join(f"cap {k}" for k in range(1, R + 1))
+             + " | router (causal) | every token full | top-k | causal = top-k depth |", "|---" * (R + 5) + "|"]
+    for r in rows:
+        if r["R"] == 1:
+            continue
+        caps = [_num(r["cap_nll"].get(str(k))) if str(k) in r["cap_nll"] else "" for k in range(1, R + 1)]
+        agree = r.get("causal_capacity_agreement")
+        lines.append(f"| {r['name']} | " + " | ".join(caps) + f" | {r['val_nll']:.4f} | {_num(r.get('fixed_full_nll'))} | "
+                     f"{_num(r.get('capacity_mode_nll'))} | {'' if agree is None else f'{100 * agree:.1f}%'} |")
+    return lines
+
+
+def probe_table(rows: list[dict]) -> list[str]:
+    R = max(r["R"] for r in rows)
+    lines = ["| checkpoint | trained on it | " + " | ".join(f"cap {k}" for k in range(1, R + 1))
+             + " | answer depth | prompt depth |", "|---" * (R + 4) + "|"]
+    for r in rows:
+        by_cap = r["probe"]["by_cap"]
+        full = by_cap[str(r["R"])]
+        cells = [f"{100 * by_cap[str(k)]['accuracy']:.1f}%" if str(k) in by_cap else "" for k in range(1, R + 1)]
+        lines.append(f"| {r['name']} | {'yes' if r['probe']['trained_on_format'] else 'no'} | " + " | ".join(cells)
+                     + f" | {_num(full['mean_depth_answer'], 2)} | {_num(full['mean_depth_prompt'], 2)} |")
+    return lines
+
+
+def router_table(rows: list[dict]) -> list[str]:
+    lines = ["| checkpoint | depth histogram (1..N_r) | within-sentence depth std | own, vanilla NLL | next, vanilla NLL | own, model NLL | next, model NLL |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["routing"] == "none":
+            continue
+        hist = " / ".join(f"{100 * h / max(1, sum(r['depth_hist'])):.0f}%" for h in r["depth_hist"])
+        cells = [r.get(k) for k in ("spearman_depth_vanilla_own_nll", "spearman_depth_vanilla_next_nll",
+                                    "spearman_depth_own_nll", "spearman_depth_next_nll")]
+        lines.append(f"| {r['name']} | {hist} | {_num(r.get('sentence_depth_std'), 3)} | "
+                     + " | ".join("n/a" if c is None or math.isnan(c) else f"{c:+.3f}" for c in cells) + " |")
+    return lines
+
+
+def kv_table(rows: list[dict]) -> list[str]:
+    lines = ["| checkpoint | prefill tokens | full | recursion-wise | shared | recursion-wise / full | formula |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kv = r["kv_bytes"]
+        lines.append(f"| {r['name']} | {r['kv_tokens']} | {kv['full'] / 1024:.0f} KiB | {kv['recursion_wise'] / 1024:.0f} KiB | "
+                     f"{kv['shared'] / 1024:.0f} KiB | {kv['recursion_wise'] / kv['full']:.2f} | {'✓' if r['kv_formula_ok'] else '✗'} |")
+    return lines
+
+
+def render_results(data: dict, plots: dict[str, str]) -> str:
+    rows = data["rows"]
+    texts = "; ".join(f"*{name}*: {info['source']}, {info['chars']:,} characters" for name, info in data["texts"].items())
+    checks = depth_checks(rows) + quality_checks(data) + probe_checks(rows) + router_checks(rows)
+    held = sum(c.holds for c in checks)
+    lines = [
+        "# Results", "",
+        f"Regenerated by `mor results` from the checkpoints in `checkpoints/` ({data['generated']}, {data['torch_threads']} "
+        "torch threads). Causal routing unless stated; whole texts in overlapping context windows. Evaluation texts: "
+        f"{texts}. Every checkpoint was trained by `mor train --preset NAME` (mor/training/presets.py) at one "
+        "training-FLOPs budget on the same corpus.", "",
+        f"## Targets: {held} of {len(checks)} hold", "", *[c.line() for c in checks], "",
+        "## Summary", "", *summary_table(rows), "",
+        "## Bits per byte on every text", "",
+        "NLL summed over a text, in bits, divided by its UTF-8 bytes: comparable across tokenizers."
+        + (f" *earlier* rows are the checkpoints in `{data['baseline_folder']}`, measured in the same run." if data.get("baseline") else ""),
+        "", *bpb_table(data), "",
+        "## NLL at every depth cap", "",
+        "Test-time scaling: the same weights with no token allowed more than k recursions. \"every token full\" forces "
+        "N_r recursions on every token; \"top-k\" is the training-time capacity routing (it looks at the whole window, "
+        "so it cannot decode).", "", *depth_cap_table(rows), "", f"![validation NLL against the depth cap]({plots['depth_cap']})", "",
+        "## The addition probe", "",
+        "Greedy exact-match accuracy on fresh problems (operand pairs the training stream never draws) in each "
+        "checkpoint's own recorded format (the default 3-digit format for checkpoints trained without the slice), "
+        "with the mean recursion depth of the answer digits the model wrote and of the prompt digits (`mor probe`).",
+        "", *probe_table(rows), "", f"![probe accuracy against the depth cap]({plots['probe']})", "",
+        "## Do the routers mean anything?", "",
+        "Spearman rank correlation between a token's depth and how hard it is: *own* = the surprisal of the token "
+        "itself, *next* = the NLL of the token its position has to predict; under vanilla (independent of the router, "
+        "when the tokenizers match) and under the model itself.", "", *router_table(rows), "",
+        *[difficulty_sentence(r) for r in rows if r["routing"] != "none"], "",
+        "## KV-cache bytes per strategy", "",
+        "After a prefill of the first context window of the validation text (float32), read back from the cache; "
+        "\"full\" is every token at full depth (the recursive baseline). ✓: the closed-form count from the token "
+        "counts equals the measurement.", "", *kv_table(rows), "",
+        "## What the paper reports for the same comparisons", "",
+        *[f"- **{r['name']}**: {PAPER[r['name']]}" for r in rows if r["name"] in PAPER],
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,105 @@
+"""`mor results`: the report states only what its numbers say, and measuring runs end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mor.analysis import report, results
+from mor.data.tokenizer import train_tokenizer
+from mor.model.loading import save_checkpoint
+
+from conftest import tiny_model
+
+
+def row(name: str, R: int, caps: list[float], **extra) -> dict:
+    routing = "none" if R == 1 else "expert_choice"
+    base = {"name": name, "routing": routing, "sharing": "middle_cycle", "kv_cache": "recursion_wise", "R": R, "L": 8,
+            "context": 512, "unique_params": 8e6 if R == 1 else 5e6, "tokens_seen": 4e6, "training_flops": 2.25e14,
+            "val_nll": caps[-1], "mean_depth": 1.0, "depth_hist": [1] * R, "cap_nll": {str(k + 1): v for k, v in enumerate(caps)},
+            "texts": {"validation": {"nll": caps[-1], "bits_per_byte": caps[-1] / 4, "tokens": 100, "mean_depth": 1.0}},
+            "kv_tokens": 512, "kv_bytes": {"full": 4096, "recursion_wise": 2048, "shared": 1024}, "kv_formula_ok": True,
+            "probe": {"trained_on_format": False, "format": {}, "by_cap": {str(k + 1): {"accuracy": 0.0, "mean_depth_answer": None,
+                                                                                        "mean_depth_prompt": 1.0} for k in range(R)}}}
+    if R > 1:
+        base.update(fixed_full_nll=caps[-1], capacity_mode_nll=caps[-1], causal_capacity_agreement=0.95,
+                    sentence_depth_std=0.6, spearman_depth_own_nll=-0.2, spearman_depth_next_nll=0.15)
+    base.update(extra)
+    return base
+
+
+def suite() -> dict:
+    return {"texts": {"validation": {"source": "val.txt", "chars": 1000}}, "generated": "now", "torch_threads": 2,
+            "baseline": [], "baseline_folder": None,
+            "rows": [row("vanilla", 1, [5.0]), row("mor-ec-r3", 3, [5.2, 5.0, 4.9])]}
+
+
+def lines_with(text: str, words: str) -> list[str]:
+    return [line for line in text.splitlines() if words in line]
+
+
+def test_checks_follow_the_numbers():
+    data = suite()
+    text = report.render_results(data, {"depth_cap": "a.png", "probe": "b.png"})
+    [cap_line] = lines_with(text, "at depth cap 1 is at least 3% worse")
+    assert "**holds**" in cap_line and "+6.12%" in cap_line
+    [rise] = lines_with(text, "mor-ec-r3: NLL does not rise")
+    assert "**holds**" in rise
+    flat = copy.deepcopy(data)
+    flat["rows"][1]["cap_nll"] = {"1": 4.95, "2": 4.88, "3": 4.9}  # cap 1 only 1% worse, cap 3 above cap 2
+    text = report.render_results(flat, {"depth_cap": "a.png", "probe": "b.png"})
+    assert "does NOT hold" in lines_with(text, "at depth cap 1 is at least 3% worse")[0]
+    assert "rises at cap 3" in lines_with(text, "mor-ec-r3: NLL does not rise")[0]
+    held, total = (int(x) for x in text.split("## Targets: ", 1)[1].split(" hold", 1)[0].split(" of "))
+    assert held == text.count("✅") and total == text.count("✅") + text.count("❌")
+
+
+def test_probe_and_baseline_checks():
+    data = suite()
+    data["rows"][1]["probe"]["by_cap"] = {"1": {"accuracy": 0.5, "mean_depth_answer": 1.0, "mean_depth_prompt": 1.0},
+                                          "3": {"accuracy": 0.95, "mean_depth_answer": 2.6, "mean_depth_prompt": 1.4}}
+    data["baseline"] = [{"name": "old", "unique_params": 1, "texts": {"validation": {"bits_per_byte": 1.5}}}]
+    checks = {c.claim.split(" ")[0] + c.claim[-30:]: c for c in report.probe_checks(data["rows"]) + report.quality_checks(data)}
+    probe = [c for c in checks.values() if "90% exact match" in c.claim][0]
+    assert probe.holds and "95.0%" in probe.measured
+    assert [c for c in checks.values() if "20 points lower" in c.claim][0].holds
+    assert [c for c in checks.values() if "deeper than prompt" in c.claim][0].holds
+    bpb = [c for c in checks.values() if "bits per byte" in c.claim][0]
+    assert bpb.holds == (4.9 / 4 <= 0.92 * 1.5)
+
+
+def test_sentence_depth_std():
+    tokens = ["The", " cat", " sat", " on", " it", ".", " A", " b", "."]
+    assert results.sentence_depth_std(tokens, [1, 1, 1, 1, 1, 1, 3, 3, 3]) == 0.0  # 2nd sentence too short
+    assert abs(results.sentence_depth_std(tokens, [1, 3, 1, 3, 1, 3, 1, 1, 1]) - 1.0) < 1e-9
+
+
+def test_spearman():
+    import numpy as np
+
+    a = np.array([1.0, 2, 3, 4])
+    assert results.spearman(a, a * 10) == pytest.approx(1.0)
+    assert results.spearman(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(results.spearman(a, np.ones(4)))
+
+
+@pytest.mark.slow
+def test_measure_a_tiny_checkpoint(tmp_path):
+    sample = tmp_path / "train.txt"
+    sample.write_text("the cat sat on the mat. the dog ran to the sea.\n" * 40 + "047+586=0633\n", encoding="utf-8")
+    tokenizer = train_tokenizer([sample], vocab_size=300)
+    model = tiny_model(vocab_size=len(tokenizer), max_position_embeddings=32)
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    texts = {"validation": "the cat sat on the mat. " * 8, "fortunes": "a dog ran. " * 5}
+    row = results.measure_checkpoint(tmp_path / "ckpt", texts, None, probe_examples=5)
+    assert set(row["cap_nll"]) == {"1", "2", "3"} and row["R"] == 3
+    assert row["cap_nll"]["3"] == pytest.approx(row["val_nll"], rel=1e-6)  # cap N_r changes nothing
+    assert set(row["probe"]["by_cap"]) == {"1", "2", "3"}
+    assert set(row["texts"]) == {"validation", "fortunes"}
+    json.dumps({k: v for k, v in row.items() if k != "_trace"})  # plain data
+    with torch.no_grad():
+        ids = torch.tensor([tokenizer(texts["validation"]).input_ids])
+        assert row["mean_depth"] == pytest.approx(model(ids).depths.float().mean().item())
