@@ -283,6 +283,16 @@ def kv_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def recipe_table(rows: list[dict]) -> list[str]:
+    keys = ["flops_budget", "seq_len", "batch_size", "lr", "schedule", "addition_share", "depth_cap_prob",
+            "router_gate", "router_aux_loss_coef"]
+    lines = ["| checkpoint | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r in rows:
+        values = r.get("recipe") or {}
+        lines.append(f"| {r['name']} | " + " | ".join("" if values.get(k) is None else str(values[k]) for k in keys) + " |")
+    return lines
+
+
 def render_results(data: dict, plots: dict[str, str]) -> str:
     rows = data["rows"]
     texts = "; ".join(f"*{name}*: {info['source']}, {info['chars']:,} characters" for name, info in data["texts"].items())
@@ -318,6 +328,9 @@ def render_results(data: dict, plots: dict[str, str]) -> str:
         "After a prefill of the first context window of the validation text (float32), read back from the cache; "
         "\"full\" is every token at full depth (the recursive baseline). ✓: the closed-form count from the token "
         "counts equals the measurement.", "", *kv_table(rows), "",
+        "## How they were trained", "",
+        "The settings each checkpoint's training.json and config.json record (`mor train --preset NAME` reproduces "
+        "them; mor/training/presets.py says why each choice was made).", "", *recipe_table(rows), "",
         "## What the paper reports for the same comparisons", "",
         *[f"- **{r['name']}**: {PAPER[r['name']]}" for r in rows if r["name"] in PAPER],
     ]

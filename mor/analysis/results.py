@@ -103,6 +103,19 @@ def routing_measurements(model, tokenizer, val_text: str, trace: analysis.Trace,
     return row
 
 
+RECIPE_ARGUMENTS = ("flops_budget", "seq_len", "batch_size", "lr", "schedule", "warmup", "addition_share",
+                    "depth_cap_prob")
+
+
+def recipe(info: dict, cfg) -> dict:
+    """How a checkpoint was trained: its run settings (training.json) and router settings (config)."""
+    arguments = info.get("arguments", {})
+    out = {key: arguments.get(key) for key in RECIPE_ARGUMENTS}
+    if cfg.routing != "none":
+        out.update(router_gate=cfg.router_gate, router_aux_loss_coef=cfg.router_aux_loss_coef)
+    return out
+
+
 def measure_checkpoint(folder: Path, texts: dict[str, str], vanilla: dict | None, probe_examples: int) -> dict:
     """One checkpoint's row (see the module docstring); plain data only."""
     model, tokenizer = load(folder, device="cpu")
@@ -118,6 +131,7 @@ def measure_checkpoint(folder: Path, texts: dict[str, str], vanilla: dict | None
         "tokens_seen": info.get("tokens_seen"), "training_flops": info.get("training_flops"),
         "wall_seconds": info.get("wall_seconds"), "preset": info.get("preset"),
         "addition_share": info.get("addition_share", 0.0), "depth_cap_prob": info.get("depth_cap_prob", 0.0),
+        "recipe": recipe(info, cfg),
         "val_nll": trace.nll, "mean_depth": trace.mean_depth,
         "depth_hist": [trace.depths.count(d) for d in range(1, cfg.num_recursions + 1)],
         "texts": {name: text_scores(model, tokenizer, text) for name, text in texts.items()},
