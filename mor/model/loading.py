@@ -1,7 +1,8 @@
 """The one way checkpoints come in (`load`) and go out (`save_checkpoint`).
 
 A checkpoint is a folder with `config.json`, `model.safetensors` and a tokenizer
-(`tokenizer.json` + `tokenizer_config.json`), optionally `training.json` and a README card.
+(`tokenizer.json` + `tokenizer_config.json`), optionally `generation_config.json` (the defaults
+`model.generate` starts from, as transformers saves them), `training.json` and a README card.
 Weights are read only through safetensors: nothing is unpickled and no remote code runs.
 Every problem becomes a `CheckpointError` that names the file and says what is wrong.
 """
@@ -15,11 +16,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig
 
 from .configuration import MoRConfig
 from .modeling import MoRForCausalLM
 
 WEIGHTS = "model.safetensors"
+GENERATION_CONFIG = "generation_config.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth", "model.ckpt")
 
 
@@ -32,7 +35,7 @@ def checkpoint_roots() -> list[Path]:
     roots = []
     if os.environ.get("MOR_CHECKPOINTS"):
         roots.append(Path(os.environ["MOR_CHECKPOINTS"]))
-    roots += [Path(__file__).resolve().parent.parent / "checkpoints", Path.cwd() / "checkpoints"]
+    roots += [Path(__file__).resolve().parents[2] / "checkpoints", Path.cwd() / "checkpoints"]  # repo root = mor/model/../..
     unique = []
     for root in roots:
         if root.is_dir() and root.resolve() not in [u.resolve() for u in unique]:
@@ -131,6 +134,15 @@ def check_weights(model: MoRForCausalLM, state: dict[str, torch.Tensor], path: P
         raise CheckpointError(f"{path} does not match config.json: {'; '.join(parts)}.")
 
 
+def load_generation_config(folder: Path) -> GenerationConfig:
+    """The checkpoint's generation_config.json (read as JSON, like every other file here)."""
+    path = folder / GENERATION_CONFIG
+    try:
+        return GenerationConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:  # bad JSON, a non-object, invalid values
+        raise CheckpointError(f"{path} could not be read as a generation config: {err}") from None
+
+
 def load_tokenizer(folder: Path, vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
@@ -160,7 +172,8 @@ def read_training_info(name_or_path: str | os.PathLike) -> dict | None:
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "auto", with_tokenizer: bool = True):
-    """Load a checkpoint as (model, tokenizer), the model in eval mode, float32, on `device`.
+    """Load a checkpoint as (model, tokenizer), the model in eval mode, float32, on `device`, with
+    `model.generation_config` from generation_config.json when the folder has one.
 
     `name_or_path`: a checkpoint folder, or the name of one under checkpoints/."""
     folder = resolve_checkpoint(name_or_path)
@@ -170,6 +183,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "auto", w
     check_weights(model, state, folder / WEIGHTS)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.tie_weights()
+    if (folder / GENERATION_CONFIG).is_file():  # else the defaults derived from config.json stay
+        model.generation_config = load_generation_config(folder)
     model.to(pick_device(device)).eval()
     tokenizer = load_tokenizer(folder, config.vocab_size) if with_tokenizer else None
     return model, tokenizer
@@ -177,10 +192,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "auto", w
 
 def save_checkpoint(model: MoRForCausalLM, tokenizer, folder: str | os.PathLike,
                     dtype: torch.dtype = torch.float16) -> Path:
-    """Write config, weights (safetensors, `dtype`, the tied head omitted) and tokenizer."""
+    """Write config, generation config, weights (safetensors, `dtype`, the tied head omitted) and tokenizer."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()
              if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
