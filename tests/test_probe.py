@@ -146,3 +146,11 @@ def test_probe_cli_on_a_shipped_checkpoint(capsys):
     assert result["mean_depth_prompt"] == 1.0 and result["mean_depth_answer"] in (None, 1.0)  # capped at one
     assert main(["probe", "--checkpoint", "mor-ec-r3", "--depth-cap", "9"]) == 2
     assert "above this checkpoint's 3 recursions" in capsys.readouterr().err
+
+
+def test_balanced_operands_make_short_numbers_common():
+    rng = random.Random(0)
+    pairs = [draw_pair(3, rng, held_out=False, balanced=True) for _ in range(3000)]
+    short = sum(a < 10 for a, _ in pairs) / len(pairs)
+    assert 0.25 < short < 0.42  # a third of the operands have one digit (uniform: 1%)
+    assert all(pair_bucket(a, b) != 0 for a, b in pairs)

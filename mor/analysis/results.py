@@ -104,7 +104,7 @@ def routing_measurements(model, tokenizer, val_text: str, trace: analysis.Trace,
 
 
 RECIPE_ARGUMENTS = ("flops_budget", "seq_len", "batch_size", "lr", "schedule", "warmup", "addition_share",
-                    "depth_cap_prob")
+                    "addition_balanced", "depth_cap_prob")
 
 
 def recipe(info: dict, cfg) -> dict:

@@ -69,10 +69,19 @@ def pair_bucket(a: int, b: int) -> int:
     return digest[0] % HELD_OUT_BUCKETS
 
 
-def draw_pair(digits: int, rng: random.Random, held_out: bool) -> tuple[int, int]:
+def _operand(digits: int, rng: random.Random, balanced: bool) -> int:
+    """Uniform in 0..10^digits - 1, or (balanced) first a length uniform in 1..digits, then a number
+    of that length, so short operands (mostly leading zeros, easy sums) are as common as long ones."""
+    if not balanced:
+        return rng.randrange(10**digits)
+    length = rng.randint(1, digits)
+    return rng.randrange(10 ** (length - 1) if length > 1 else 0, 10**length)
+
+
+def draw_pair(digits: int, rng: random.Random, held_out: bool, balanced: bool = False) -> tuple[int, int]:
     """One operand pair of `digits` digits: from the probe's bucket (held_out) or the others."""
     while True:
-        a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+        a, b = _operand(digits, rng, balanced), _operand(digits, rng, balanced)
         if (pair_bucket(a, b) == 0) == held_out:
             return a, b
 
@@ -87,12 +96,13 @@ class AdditionStream:
     """Training rows of addition problems, drawn fresh (outside the probe's bucket) for each row.
 
     A row is "\n" + problem + "\n" + problem ... cut to `seq_len` tokens, so every problem starts
-    a line as in the probe. `labels` masks the operands (-100): they are random digits with
+    a line as in the probe. `balanced` draws operand lengths uniformly (see `_operand`); the probe
+    always draws uniform full-width operands. `labels` masks the operands (-100): they are random digits with
     nothing to learn, and their loss would drown the signal of the answers.
     """
 
-    def __init__(self, fmt: AdditionFormat, tokenizer):
-        self.fmt = fmt
+    def __init__(self, fmt: AdditionFormat, tokenizer, balanced: bool = False):
+        self.fmt, self.balanced = fmt, balanced
         self.newline = self._one_token(tokenizer, "\n")
         chars = set("0123456789") | set(fmt.line(0, 0))
         self.vocab = {char: self._one_token(tokenizer, char) for char in sorted(chars)}
@@ -109,7 +119,7 @@ class AdditionStream:
         """(ids, labels) of one row of `seq_len` tokens."""
         ids, labels = [self.newline], [-100]
         while len(ids) < seq_len:
-            a, b = draw_pair(self.fmt.digits, rng, held_out=False)
+            a, b = draw_pair(self.fmt.digits, rng, held_out=False, balanced=self.balanced)
             prompt, answer = self.fmt.prompt(a, b), self.fmt.answer(a, b)
             ids += [self.vocab[c] for c in prompt + answer] + [self.newline]
             labels += [-100] * len(prompt) + [self.vocab[c] for c in answer] + [self.newline]

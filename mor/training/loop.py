@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     val_data = TokenData.from_text_file(Path(args.val_file or data_dir / "val.txt"), tokenizer)
     config = build_config(args, len(tokenizer), tokenizer)
     fmt = addition_format(args)
-    stream = AdditionStream(fmt, tokenizer) if fmt else None
+    stream = AdditionStream(fmt, tokenizer, balanced=args.addition_balanced) if fmt else None
     model = MoRForCausalLM(config)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "router" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "router" in n]
@@ -348,6 +348,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--addition-digits", type=int, help="digits of each addition operand (zero-padded)")
     p.add_argument("--addition-reversed", action=argparse.BooleanOptionalAction, default=None,
                    help="write the sums last digit first")
+    p.add_argument("--addition-balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw operand lengths uniformly (short operands as common as long ones) instead of uniform numbers")
     p.add_argument("--depth-cap-prob", type=float,
                    help="probability that a step trains under a random depth cap in 1..N_r-1 (anytime readout)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")

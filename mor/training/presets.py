@@ -17,7 +17,7 @@ MOR_ROUTER = dict(router_gate="straight_through", router_aux_loss_coef=0.01)
 # Run settings shared by the suite (v2): one training-FLOPs budget for every checkpoint, 3x v1's 7.5e13.
 TRAIN_BASE = dict(
     flops_budget=2.25e14, seq_len=512, batch_size=16, lr=2e-3, schedule="wsd", warmup=0.03,
-    addition_share=0.0, addition_digits=3, addition_reversed=False, depth_cap_prob=0.0,
+    addition_share=0.0, addition_digits=3, addition_reversed=False, addition_balanced=False, depth_cap_prob=0.0,
 )
 
 PRESETS: dict[str, dict] = {
