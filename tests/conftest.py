@@ -38,3 +38,13 @@ def tiny_model(seed=0, router_scale=60.0, **config_kwargs) -> MoRForCausalLM:
 def ids():
     torch.manual_seed(1)
     return torch.randint(0, 99, (2, 24))
+
+
+def generated(model, prompt, max_new_tokens, **kwargs) -> tuple[list[int], list[int]]:
+    """transformers' `model.generate` on one prompt (token ids) alone: (new token ids, their depths).
+    A budget of 0 gives nothing (generate itself rejects max_new_tokens=0)."""
+    if max_new_tokens == 0:
+        return [], []
+    out = model.generate(torch.tensor([list(prompt)]), max_new_tokens=max_new_tokens, return_dict_in_generate=True,
+                         **kwargs)
+    return out.sequences[0, len(prompt):].tolist(), out.depths[0].tolist()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from transformers import Cache, DynamicCache
 
 from conftest import tiny_model
 from mor.model.cache import GROWTH_BLOCK
@@ -30,7 +31,7 @@ def prefill(model, T, routing_mode="causal", **kwargs):
             out = model(ids, routing_mode="capacity", **kwargs)
             cache = None
         else:
-            out = model(ids, past_key_values=cache, **kwargs)
+            out = model(ids, cache=cache, **kwargs)
     return out, cache
 
 
@@ -80,12 +81,59 @@ def test_decode_growth_is_bounded_and_accounted():
     cache = model.model.new_cache(1)
     depths = []
     with torch.no_grad():
-        depths.append(model(ids[:, :4], past_key_values=cache).depths)
+        depths.append(model(ids[:, :4], cache=cache).depths)
         for t in range(4, 20):
-            depths.append(model(ids[:, t:t + 1], past_key_values=cache).depths)
+            depths.append(model(ids[:, t:t + 1], cache=cache).depths)
     depths = torch.cat(depths, 1)[0]
     used = 2 * 20 * PER_TOKEN + 2 * PER_TOKEN * sum(int((depths >= r).sum()) for r in (1, 2, 3))
     assert cache.used_bytes() == used
     assert cache.nbytes() == storage_bytes(cache)
     assert used <= cache.nbytes() <= used + len(cache.slots) * GROWTH_BLOCK * PER_TOKEN
     assert cache.get_seq_length() == 20
+
+
+def test_cache_is_a_transformers_cache_that_beam_search_can_reorder():
+    """`reorder_cache` (what beam search calls) moves every slot's rows and positions: decoding on
+    from reordered rows equals a full forward of the reordered sequences."""
+    model = tiny_model(routing="expert_choice")
+    ids = torch.randint(0, 99, (3, 10), generator=torch.Generator().manual_seed(2))
+    cache = model.model.new_cache(3)
+    order = torch.tensor([2, 0, 0])
+    with torch.no_grad():
+        model(ids[:, :6], cache=cache)
+        assert isinstance(cache, Cache) and len(cache) == len(model.model.slot_names) == len(cache.slots)
+        cache.reorder_cache(order)
+        steps = [model(ids[order, t:t + 1], cache=cache) for t in range(6, 10)]
+        full = model(ids[order])
+    assert torch.equal(torch.cat([s.depths for s in steps], 1), full.depths[:, 6:])
+    assert (torch.cat([s.logits for s in steps], 1) - full.logits[:, 6:]).abs().max() < 1e-4
+    assert full.depths[:, 6:].unique().numel() > 1  # the routers vary the depth, so slots differ in length
+
+
+def test_sequence_length_counts_columns_and_positions_count_real_tokens():
+    """transformers slices new input by `get_seq_length()` (columns, padding included); attention
+    positions are per row, counting only real tokens."""
+    model = tiny_model(routing="none")
+    ids = torch.randint(0, 99, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 is left-padded
+    cache = model.model.new_cache(2)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache)
+        model(ids[:, :1], attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), cache=cache)
+    assert cache.get_seq_length() == 8
+    assert cache.next_pos.tolist() == [8, 5]
+    assert cache.tokens_per_step() == {"step 1": 13, "step 2": 13, "step 3": 13}
+
+
+def test_only_a_mor_cache_is_accepted_and_the_old_argument_name_still_works():
+    model = tiny_model()
+    ids = torch.randint(0, 99, (1, 5))
+    with pytest.raises(ValueError, match="MoRCache"):
+        model(ids, cache=DynamicCache())
+    with torch.no_grad():
+        new, old = model.model.new_cache(1), model.model.new_cache(1)
+        a = model(ids, cache=new)
+        with pytest.warns(FutureWarning, match="past_key_values"):  # transformers 4.x's name, renamed to cache
+            b = model(ids, past_key_values=old)
+    assert b.cache is old and torch.equal(a.logits, b.logits) and old.used_bytes() == new.used_bytes() > 0

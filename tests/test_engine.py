@@ -1,7 +1,8 @@
 """Continuous depth-wise batching (mor/inference/engine.py) and the benchmark command (mor/analysis/bench.py).
 
-The engine must give every request exactly what `model.generate` gives it alone: same tokens,
-same per-token depths, whatever else shares the batch. No timing is asserted anywhere."""
+The engine must give every request exactly what `model.generate` (transformers' generate driving
+the model) gives it alone: same tokens, same per-token depths, whatever else shares the batch. No
+timing is asserted anywhere."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import mor
-from conftest import tiny_model
+from conftest import generated, tiny_model
 from mor.analysis import bench
 from mor.inference.engine import Engine, naive_generate
 
@@ -36,11 +37,7 @@ def make_prompts(n, seed=0, vocab=99, max_len=12):
 
 def alone(model, prompts, news, **kwargs):
     """model.generate on each prompt by itself: (new tokens, depths) per prompt."""
-    out = []
-    for p, n in zip(prompts, news):
-        seq, depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True, **kwargs)
-        out.append((seq[0, len(p):].tolist(), depths[0].tolist()))
-    return out
+    return [generated(model, p, n, **kwargs) for p, n in zip(prompts, news)]
 
 
 COMBOS = [
@@ -141,7 +138,7 @@ def test_end_of_text_stops_a_request_as_generate_does():
     free = alone(model, prompts, [8] * 4)
     eos = free[0][0][2]  # a token the first request emits: it must stop at its first occurrence
     stop = free[0][0].index(eos) + 1
-    model.config.eos_token_id = eos
+    model.generation_config.eos_token_id = eos  # what generate and (by default) the engine stop at
     ref = alone(model, prompts, [8] * 4)
     assert len(ref[0][0]) == stop and len(ref[0][1]) == stop
     assert Engine(model, max_batch=2).generate(prompts, 8) == ref
@@ -149,7 +146,7 @@ def test_end_of_text_stops_a_request_as_generate_does():
     assert Engine(model, max_batch=2).generate(prompts, 8, stop_at_eos=False) == free
 
 
-def test_sampling_is_seeded_and_matches_generate_with_the_same_generator():
+def test_sampling_is_seeded_and_matches_generate_from_the_same_seed():
     model = tiny_model(routing="expert_choice")
     prompts = make_prompts(4, seed=7)
     kw = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
@@ -157,9 +154,9 @@ def test_sampling_is_seeded_and_matches_generate_with_the_same_generator():
     b = Engine(model, max_batch=3).generate(prompts, 8, seed=11, **kw)
     assert a == b  # reproducible, and independent of how requests share the batch
     assert Engine(model, max_batch=2).generate(prompts, 8, seed=12, **kw) != a
-    for i, p in enumerate(prompts):
-        ref = model.generate(torch.tensor([p]), max_new_tokens=8, generator=torch.Generator().manual_seed(11 + i), **kw)
-        assert a[i][0] == ref[0, len(p):].tolist()
+    for i, p in enumerate(prompts):  # transformers' generate samples with the global generator
+        torch.manual_seed(11 + i)
+        assert a[i] == generated(model, p, 8, **kw)
 
 
 def test_bad_arguments():
@@ -261,9 +258,7 @@ def test_every_read_plan_gives_generate_s_tokens(kv_cache, monkeypatch):
     prompts = torch.randint(0, 99, (16, 6), generator=torch.Generator().manual_seed(0)).tolist()
     news = [3 + i % 5 for i in range(16)]
     results = Engine(model, max_batch=5).generate(prompts, max_new_tokens=news)
-    for p, n, (tokens, depths) in zip(prompts, news, results):
-        seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True)
-        assert tokens == seq[0, 6:].tolist() and depths == ref_depths[0].tolist()
+    assert results == alone(model, prompts, news)
     assert {("gather", False, False), ("block", False, False), ("block", True, False)} <= kinds
     if kv_cache == "recursion_wise":
         assert ("block", False, True) in kinds  # a majority step in place, the rest gathered
@@ -312,14 +307,12 @@ def test_engine_equals_generate_on_shipped_checkpoints(folder):
     """Trained weights make every token depend on attention (a random tiny model often does not):
     the engine's tokens and depths equal a lone `generate` per prompt, with slots refilled."""
     model, tokenizer = mor.load(folder, device="cpu")
-    model.config.eos_token_id = None  # decode exactly n tokens in both
+    model.generation_config.eos_token_id = None  # decode exactly n tokens in both
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in SENTENCES]
     news = [12, 7, 12, 9, 12]
     results = Engine(model, max_batch=3).generate(prompts, max_new_tokens=news)
-    for p, n, (tokens, depths) in zip(prompts, news, results):
-        seq, ref_depths = model.generate(torch.tensor([p]), max_new_tokens=n, return_depths=True)
-        assert tokens == seq[0, len(p):].tolist()
-        assert depths == ref_depths[0].tolist()
+    assert results == alone(model, prompts, news)
+    assert all(len(tokens) == n for (tokens, _), n in zip(results, news))
 
 
 def test_traced_steps_climb_one_at_a_time_to_each_token_s_depth():

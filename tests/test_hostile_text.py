@@ -54,12 +54,13 @@ def test_unpaired_surrogates_are_replaced_and_counted(shipped_model):
     assert tr.replaced_chars == 2 and "".join(tr.tokens) == "ok \ufffd then \ufffd end"
 
 
-def test_text_longer_than_context_is_truncated_with_a_count(shipped_model):
+def test_text_longer_than_context_is_traced_whole(shipped_model):
     model, tokenizer = shipped_model
-    text = "The quick brown fox jumps over the lazy dog. " * 2000  # ~90,000 characters
+    text = "The quick brown fox jumps over the lazy dog. " * 300  # ~13,500 characters
     tr = analysis.trace(model, tokenizer, text)
-    assert len(tr.tokens) == model.config.max_position_embeddings
-    assert tr.truncated_tokens > 0 and text.startswith("".join(tr.tokens))
+    assert len(tr.tokens) == len(tokenizer(text)["input_ids"]) > model.config.max_position_embeddings
+    assert "".join(tr.tokens) == text and tr.truncated_tokens == 0
+    assert tr.windows == len(analysis.sliding_windows(len(tr.tokens), model.config.max_position_embeddings)) > 1
 
 
 def test_non_string_input_is_a_value_error(shipped_model):

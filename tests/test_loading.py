@@ -56,6 +56,34 @@ def test_auto_model_from_pretrained_gives_identical_logits(saved):
         assert torch.equal(model(ids).logits, auto(ids).logits)
 
 
+def test_generation_config_is_saved_with_the_checkpoint_and_used_by_generate(tmp_path, tokenizer):
+    model = tiny_model(vocab_size=VOCAB, bos_token_id=5)
+    model.generation_config.max_new_tokens = 3
+    model.generation_config.repetition_penalty = 1.5
+    folder = mor.save_checkpoint(model, tokenizer, tmp_path / "gen", dtype=torch.float32)
+    assert json.loads((folder / "generation_config.json").read_text())["max_new_tokens"] == 3
+    loaded, _ = mor.load(folder, device="cpu")
+    auto = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for m in (loaded, auto):
+        assert (m.generation_config.max_new_tokens, m.generation_config.repetition_penalty) == (3, 1.5)
+    ids = torch.randint(0, VOCAB, (1, 6))
+    seq = loaded.generate(ids)  # the saved defaults: 3 new tokens, repetition penalty 1.5
+    assert seq.shape == (1, 9)
+    assert torch.equal(seq, model.generate(ids, max_new_tokens=3, repetition_penalty=1.5))
+    assert not torch.equal(seq, model.generate(ids, max_new_tokens=3, repetition_penalty=1.0))
+    # a checkpoint without one gets the defaults derived from config.json (its special tokens)
+    (folder / "generation_config.json").unlink()
+    plain, _ = mor.load(folder, device="cpu")
+    assert plain.generation_config.max_new_tokens is None and plain.generation_config.bos_token_id == 5
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_broken_generation_config(saved, content):
+    (saved[1] / "generation_config.json").write_text(content)
+    with pytest.raises(CheckpointError, match="generation_config.json could not be read as a generation config"):
+        mor.load(saved[1])
+
+
 def test_half_precision_checkpoint_upcasts_on_load(tmp_path, tokenizer):
     model = tiny_model(vocab_size=VOCAB)
     folder = mor.save_checkpoint(model, tokenizer, tmp_path / "half")

@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import KV_CACHES, ROUTINGS, SHARINGS, tiny_config, tiny_model
 from mor import MoRConfig, MoRForCausalLM
+from mor.model.policy import DepthPolicy
 from reference import reference_forward
 
 ALL_COMBOS = list(itertools.product(ROUTINGS, SHARINGS, KV_CACHES))
@@ -39,8 +40,8 @@ def test_token_by_token_decoding_matches_full_forward(routing, sharing, kv_cache
         full = model(ids)
         cache = model.model.new_cache(ids.shape[0])
         # a prefill of 5 tokens, then one token at a time
-        steps = [model(ids[:, :5], past_key_values=cache)]
-        steps += [model(ids[:, t:t + 1], past_key_values=cache) for t in range(5, ids.shape[1])]
+        steps = [model(ids[:, :5], cache=cache)]
+        steps += [model(ids[:, t:t + 1], cache=cache) for t in range(5, ids.shape[1])]
     logits = torch.cat([s.logits for s in steps], 1)
     depths = torch.cat([s.depths for s in steps], 1)
     assert torch.equal(depths, full.depths)
@@ -61,30 +62,6 @@ def test_left_padded_batch_matches_unpadded_rows():
     assert (out.logits[1, 4:] - alone_b.logits[0]).abs().max() < 1e-4
     assert torch.equal(out.depths[1, 4:], alone_b.depths[0])
     assert (out.depths[1, :4] == 0).all()
-
-
-@pytest.mark.parametrize("routing", ["expert_choice", "token_choice"])
-def test_generate_greedy_matches_step_by_step_argmax(routing):
-    model = tiny_model(routing=routing)
-    prompt = torch.randint(0, 99, (1, 7))
-    seq, depths = model.generate(prompt, max_new_tokens=6, return_depths=True)
-    assert seq.shape == (1, 13) and depths.shape == (1, 6)
-    with torch.no_grad():  # each greedy token is the argmax of a full forward over the prefix
-        for t in range(7, 13):
-            assert model(seq[:, :t]).logits[0, -1].argmax() == seq[0, t]
-        full = model(seq)
-    assert torch.equal(depths[0, :-1], full.depths[0, 8:])  # depths of generated tokens 1..5
-
-
-def test_generate_sampling_is_seeded_and_respects_top_k():
-    model = tiny_model()
-    prompt = torch.randint(0, 99, (2, 5))
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    s1 = model.generate(prompt, max_new_tokens=8, do_sample=True, top_k=5, generator=g1)
-    s2 = model.generate(prompt, max_new_tokens=8, do_sample=True, top_k=5, generator=g2)
-    assert torch.equal(s1, s2)
-    s3 = model.generate(prompt, max_new_tokens=1, do_sample=True, top_k=1, generator=g1)
-    assert torch.equal(s3, model.generate(prompt, max_new_tokens=1))  # top_k=1 is greedy
 
 
 # ---- causality --------------------------------------------------------------------------------
@@ -110,7 +87,7 @@ def test_capacity_mode_is_not_causal_but_keeps_capacities():
     counts = [(out.depths >= r).sum().item() for r in (1, 2, 3)]
     assert counts == [30, 20, 10]  # ceil(capacity x 30) for capacities 1, 2/3, 1/3
     with pytest.raises(ValueError, match="capacity"):
-        model(ids, routing_mode="capacity", past_key_values=model.model.new_cache(1))
+        model(ids, routing_mode="capacity", cache=model.model.new_cache(1))
 
 
 # ---- test-time depth control --------------------------------------------------------------------
@@ -131,6 +108,38 @@ def test_depth_cap_and_fixed_depth(routing, ids):
         model(ids, depth_cap=4)
     with pytest.raises(ValueError, match="not both"):
         model(ids, depth_cap=1, fixed_depth=2)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+@pytest.mark.parametrize("depth", [{}, {"depth_cap": 2}, {"fixed_depth": 1}], ids=["free", "cap2", "fixed1"])
+def test_depth_policy_per_token_steps_follow_the_rule(routing, depth):
+    """The engine asks the depth policy with one step per item, the model with one step for all
+    tokens: both forms equal the rule written out here (causal threshold, cap, fixed depth,
+    token-choice depth), including items past the last step (step N_r: they exit)."""
+    cfg = tiny_config(routing=routing, router_threshold=[0.3, 0.7])  # unequal: a wrong step index shows
+    policy = DepthPolicy(cfg, **depth)
+    g = torch.Generator().manual_seed(0)
+    steps = torch.randint(0, 4, (300,), generator=g)  # 0-based step each token asks about
+    logits = 3 * torch.randn(300, generator=g)
+    tc_logits = torch.randn(300, 3, generator=g)
+    target = policy.token_choice(tc_logits).target
+    cap = depth.get("fixed_depth") or depth.get("depth_cap") or 3
+    if routing == "token_choice":
+        chosen = tc_logits.argmax(-1) + 1
+        want_target = torch.full_like(chosen, depth["fixed_depth"]) if "fixed_depth" in depth else chosen.clamp(max=cap)
+        assert torch.equal(target, want_target)
+        want = steps < target
+    elif routing == "expert_choice" and "fixed_depth" not in depth:
+        thr = torch.tensor([0.0, 0.3, 0.7, 1.0])[steps]  # step 0 keeps everyone; step 3 is past the last
+        want = (steps < cap) & ((steps == 0) | (torch.sigmoid(logits) > thr))
+    else:
+        want = steps < cap
+    assert torch.equal(policy.takes_step(steps, logits=logits, target=target), want)
+    for r in range(4):
+        on = steps == r
+        one = policy.takes_step(r, torch.ones(int(on.sum()), dtype=torch.bool), logits=logits[on], target=target[on])
+        assert torch.equal(one, want[on])
+    assert want.any() and not want.all()
 
 
 def test_router_scores_nan_where_not_evaluated(ids):

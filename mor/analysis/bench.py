@@ -89,7 +89,8 @@ def describe(model) -> dict:
 
 @torch.inference_mode()
 def run_gather(model, prompts, batch: int, new_tokens: int) -> dict:
-    """`model.generate`'s loop (prefill, then one token per row per step), timed in two parts."""
+    """What `model.generate` runs, without its per-step bookkeeping: the model's forward with a
+    `MoRCache` (prefill, then one token per row per step), timed in two parts."""
     prefill = decode = 0.0
     depth_sum = tokens = 0
     kv = []
@@ -97,11 +98,11 @@ def run_gather(model, prompts, batch: int, new_tokens: int) -> dict:
         ids = torch.tensor(prompts[start:start + batch], dtype=torch.long, device=model.device)
         cache = model.model.new_cache(ids.shape[0])
         t0 = time.perf_counter()
-        out = model(ids, past_key_values=cache, routing_mode="causal", use_cache=True)
+        out = model(ids, cache=cache, routing_mode="causal", use_cache=True)
         t1 = time.perf_counter()
         for _ in range(new_tokens):
             nxt = out.logits[:, -1].argmax(-1)
-            out = model(nxt[:, None], past_key_values=cache, routing_mode="causal", use_cache=True)
+            out = model(nxt[:, None], cache=cache, routing_mode="causal", use_cache=True)
             depth_sum += int(out.depths.sum())
         t2 = time.perf_counter()
         prefill, decode = prefill + t1 - t0, decode + t2 - t1

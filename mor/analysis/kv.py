@@ -64,7 +64,7 @@ def kv_report(model: MoRForCausalLM, tokenizer, text: str) -> KVReport:
     report = KVReport(tokens=len(ids), bytes_per_token_per_layer=per)
     for name, (m, kwargs) in runs.items():
         cache = m.model.new_cache(1)
-        out = m(x, past_key_values=cache, **kwargs)
+        out = m(x, cache=cache, **kwargs)
         report.measured[name] = cache.bytes_per_step()
         counts = [int((out.depths[0] >= r).sum()) for r in range(1, cfg.num_recursions + 1)]
         if name == "shared":

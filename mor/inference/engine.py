@@ -26,11 +26,12 @@ through the model (a request decodes one token at a time). An engine iteration i
    "sequence"/"middle_sequence" different steps apply different unique layers, so items are
    grouped per unique-layer list (items whose step uses the same layers batch together; with
    N_r steps that is up to N_r groups per iteration);
-4. each item asks its router whether to take another step (expert-choice: the causal rule
+4. each item asks the model's depth policy (`mor.model.policy.DepthPolicy`, the rule the model's
+   own forward uses) whether to take another step (expert-choice: the causal rule
    sigmoid(logit) > threshold, with `depth_cap` / `fixed_depth` respected; token-choice: the
    depth chosen at entry; routing "none": every step up to the cap);
 5. exiting items run the coda (unique last layers), the final norm and the LM head, and pick
-   their next token exactly as `MoRForCausalLM._pick` does; that token re-enters at step 2 of the
+   their next token with `mor.model.sampling.pick_next`; that token re-enters at step 2 of the
    next iteration. A request that has its `max_new_tokens` (or emitted end-of-text) leaves, and
    its slot goes to the next waiting request.
 
@@ -64,9 +65,10 @@ are folded into the following matrices, residual adds ride on addmm, and greedy
 picking uses max(-1).indices (argmax's first-maximum rule, several times faster on CPU).
 
 Correctness: greedy outputs (tokens and per-token depths) equal `model.generate(prompt,
-max_new_tokens=n, return_depths=True)` run alone for every request; sampling with
-`seed=s` equals `model.generate(..., do_sample=True, generator=torch.Generator().manual_seed(s + i))`
-for request i (each request owns its generator, so results do not depend on batching).
+max_new_tokens=n, return_dict_in_generate=True)` (`.sequences`, `.depths`) run alone for every
+request; sampling with `seed=s` draws for request i what `torch.manual_seed(s + i);
+model.generate(..., do_sample=True)` draws (each request owns its generator, so results do not
+depend on batching).
 Matmuls run at a different batch width than a lone `generate`, so logits agree to float rounding
 (~1e-6), not bit for bit: a token whose two best logits, or a router score and its threshold,
 are closer than that could in principle differ; tests/test_engine.py checks identity.
@@ -87,7 +89,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..model.modeling import MoRForCausalLM, Tokens, gate_value, rotary_cos_sin
+from ..model.modeling import MoRForCausalLM, Tokens, rotary_cos_sin
+from ..model.policy import DepthPolicy, check_depth_args
+from ..model.sampling import pick_next, sampling_warpers
 
 
 # Attend a cache slot's rows in place when more than this share of the batch slots read it. A
@@ -173,12 +177,13 @@ class EngineEvent:
     block_steps: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _check_depth_args(depth_cap, fixed_depth, R):
-    for name, value in (("depth_cap", depth_cap), ("fixed_depth", fixed_depth)):
-        if value is not None and not 1 <= value <= R:
-            raise ValueError(f"{name}={value} is outside 1..{R} (num_recursions).")
-    if depth_cap is not None and fixed_depth is not None:
-        raise ValueError("Give depth_cap or fixed_depth, not both.")
+def _eos_ids(model: MoRForCausalLM, eos_token_id: int | Sequence[int] | None, stop_at_eos: bool) -> set[int]:
+    """The end-of-text ids a request stops at: `eos_token_id`, else the model's generation config's
+    (the one `generate` uses); none without `stop_at_eos`."""
+    eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
+    if not stop_at_eos or eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
 
 
 def _per_request(max_new_tokens, n):
@@ -212,7 +217,7 @@ class Engine:
     model: the model (float32 or other; its weights are snapshotted into fused matrices at
         construction: call `refresh()` after changing them).
     max_batch: slots, i.e. requests in flight at once.
-    depth_cap / fixed_depth: as in `model.generate`.
+    depth_cap / fixed_depth: as in `model.generate` (the model's depth policy decides every step).
     prefill_together: prompts admitted in the same iteration share one (left-padded) prefill
         forward; False prefills each alone, exactly as a lone `generate` does.
     """
@@ -222,12 +227,11 @@ class Engine:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1.")
         cfg = model.config
-        _check_depth_args(depth_cap, fixed_depth, cfg.num_recursions)
+        self.max_depth = check_depth_args(depth_cap, fixed_depth, cfg.num_recursions)
         self.model, self.config, self.max_batch = model, cfg, max_batch
         self.depth_cap, self.fixed_depth = depth_cap, fixed_depth
         self.prefill_together = prefill_together
         self.R = cfg.num_recursions
-        self.max_depth = fixed_depth or depth_cap or self.R
         self.H, self.G, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.C, self.I = cfg.hidden_size, cfg.intermediate_size
         m = model.model
@@ -237,9 +241,6 @@ class Engine:
         self.n_slots = len(m.slot_names)
         self.shared_kv = cfg.kv_cache == "shared"
         self.routing = cfg.routing
-        # A straight-through gate is exactly 1 in the forward pass: x + 1 * (y - x) is y (up to
-        # rounding), so the gate's arithmetic is skipped.
-        self.gated = cfg.routing != "none" and cfg.router_gate != "straight_through"
         # Items are batched per unique-layer list: one group for cycle sharing, one per step for sequence.
         groups: dict[tuple[int, ...], list[int]] = {}
         for r, layers in enumerate(self.steps[: self.max_depth]):
@@ -255,7 +256,12 @@ class Engine:
         Every matmul weight is stored transposed and contiguous, (in, out), because x @ W^T
         with a pre-transposed W runs up to twice as fast as F.linear at the small row counts of
         decoding; Q/K/V and gate/up projections are fused; the RMSNorm weights are folded into
-        the matrix that follows each norm."""
+        the matrix that follows each norm. The depth policy is rebuilt too (it reads the config's
+        router thresholds)."""
+        self.policy = DepthPolicy(self.config, self.depth_cap, self.fixed_depth)
+        # A straight-through gate is exactly 1 in the forward pass: x + 1 * (y - x) is y (up to
+        # rounding), so the gate's arithmetic is skipped.
+        self.gated = self.policy.scales_updates
         m = self.model.model
         dev = m.embed_tokens.weight.device
         self.device, self.dtype = dev, m.embed_tokens.weight.dtype
@@ -284,8 +290,6 @@ class Engine:
         self.head_t = t(self.model.lm_head.weight, m.norm.weight)  # (C, V), final norm folded in
         if self.routing == "expert_choice":
             self.router_t = torch.cat([r.linear.weight for r in m.routers], 0).t().contiguous()  # (C, R)
-            thr = [float("-inf"), *self.config.router_threshold]
-            self.router_thr = torch.tensor(thr, device=dev)
         elif self.routing == "token_choice":
             self.router_t = m.routers[0].linear.weight.t().contiguous()  # (C, R)
         # cache slot of layer j at step r, per group: (J, R) long
@@ -311,25 +315,22 @@ class Engine:
     @torch.inference_mode()
     def stream(self, prompts, max_new_tokens: int | Sequence[int] = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               seed: int = 0, eos_token_id: int | None = None, stop_at_eos: bool = True,
+               seed: int = 0, eos_token_id: int | Sequence[int] | None = None, stop_at_eos: bool = True,
                trace_steps: bool = False) -> Iterator[EngineEvent]:
         """Decode every prompt, yielding an `EngineEvent` after every iteration.
 
         trace_steps: report which request's item ran at which recursion step in each iteration
         (`EngineEvent.block_steps`; one extra device-to-host copy per iteration).
 
-        Sampling: request i uses `torch.Generator().manual_seed(seed + i)`. End-of-text:
-        `eos_token_id` (default the config's); a request stops after emitting it (its depth is
-        still measured), as `model.generate` does, unless `stop_at_eos=False`. When the stream
-        ends, `self.results` holds (tokens, depths) per request."""
+        Sampling: request i uses `torch.Generator().manual_seed(seed + i)` and transformers'
+        warpers for temperature / top-k / top-p (`mor.model.sampling`). End-of-text:
+        `eos_token_id` (one id or several; default the model's generation config's); a request
+        stops after emitting it (its depth is still measured), as `model.generate` does, unless
+        `stop_at_eos=False`. When the stream ends, `self.results` holds (tokens, depths) per request."""
         plist = _prompts(prompts)
         news = _per_request(max_new_tokens, len(plist))
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        if not stop_at_eos:
-            eos = None
-        if do_sample and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling.")
-        pick = (do_sample, temperature, top_k, top_p)
+        eos = _eos_ids(self.model, eos_token_id, stop_at_eos)
+        warpers = sampling_warpers(temperature, top_k, top_p) if do_sample else None
         reqs = [_Request(i, p, n, torch.Generator(device=self.device).manual_seed(seed + i) if do_sample else None)
                 for i, (p, n) in enumerate(zip(plist, news))]
         self.results = [([], []) for _ in reqs]
@@ -365,7 +366,7 @@ class Engine:
                 ts = time.perf_counter()
                 chunks = [admitted] if self.prefill_together else [[s] for s in admitted]
                 for chunk in chunks:
-                    tokens = self._prefill([slots[s] for s in chunk], chunk, pick)
+                    tokens = self._prefill([slots[s] for s in chunk], chunk, warpers)
                     for s, token in zip(chunk, tokens):
                         slots[s].tokens.append(token)
                         new_tokens.append((slots[s].index, token))
@@ -396,7 +397,7 @@ class Engine:
                 req.depths.append(d)
                 new_depths.append((req.index, d))
                 last = req.tokens[-1]
-                if len(req.tokens) >= req.max_new or (eos is not None and last == eos):
+                if len(req.tokens) >= req.max_new or last in eos:
                     self.results[req.index] = (req.tokens, req.depths)
                     self.request_kv_bytes.append(self._kv_bytes_of(s))
                     finished.append(req.index)
@@ -406,12 +407,12 @@ class Engine:
             if head_slots:
                 hs = torch.tensor(head_slots, dtype=torch.long, device=self.device)
                 logits = self._head(hs)
-                if do_sample:
-                    picked = [int(MoRForCausalLM._pick(logits[i:i + 1], *pick, slots[s].generator))
+                if do_sample:  # one draw per request, from its own generator
+                    picked = [int(pick_next(logits[i:i + 1], warpers, slots[s].generator))
                               for i, s in enumerate(head_slots)]
                     nxt = torch.tensor(picked, dtype=torch.long, device=self.device)
                 else:
-                    nxt = logits.max(-1).indices  # = argmax (first maximum), several times faster on CPU
+                    nxt = pick_next(logits)
                     picked = nxt.tolist()
                 self.tok[hs] = nxt
                 self.pos[hs] += 1
@@ -472,10 +473,10 @@ class Engine:
         return entries * 2 * self.G * self.D * self.kv.element_size()
 
     # ---- prefill -----------------------------------------------------------------------------------
-    def _prefill(self, reqs: list[_Request], slots: list[int], pick) -> list[int]:
+    def _prefill(self, reqs: list[_Request], slots: list[int], warpers) -> list[int]:
         """Prefill prompts with the model's own forward and `MoRCache` (together, left-padded,
         or one by one with `prefill_together=False`), copy each cache row into its slot, and
-        return each request's first token."""
+        return each request's first token (`warpers`: None for greedy, else the sampling warpers)."""
         B = len(reqs)
         T = max(len(r.prompt) for r in reqs)
         ids = torch.zeros(B, T, dtype=torch.long)
@@ -485,20 +486,20 @@ class Engine:
             mask[b, T - len(r.prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = self.model.model.new_cache(B)
-        out = self.model(ids, attention_mask=mask if B > 1 else None, past_key_values=cache,
+        out = self.model(ids, attention_mask=mask if B > 1 else None, cache=cache,
                          depth_cap=self.depth_cap, fixed_depth=self.fixed_depth, routing_mode="causal",
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)
         S = self.max_batch
         idx = torch.tensor(slots, dtype=torch.long, device=self.device)
         self.steplen[:, idx] = 0
         for c, slot in enumerate(cache.slots):
-            if slot.k is None:
+            if not slot.is_initialized:
                 continue
             lengths = slot.length.tolist()
             for b, s in enumerate(slots):  # each row holds a prefix of valid entries
                 n = lengths[b]
-                self.kv[c * S + s, :, 0, :n] = slot.k[b, :n].transpose(0, 1)
-                self.kv[c * S + s, :, 1, :n] = slot.v[b, :n].transpose(0, 1)
+                self.kv[c * S + s, :, 0, :n] = slot.keys[b, :n].transpose(0, 1)
+                self.kv[c * S + s, :, 1, :n] = slot.values[b, :n].transpose(0, 1)
         for r in range(self.R):
             key = (r, 0)
             if key in self.slot_of and (not self.shared_kv or r == 0):
@@ -507,10 +508,10 @@ class Engine:
                     self.steplen[r, idx] = slot.length
         self.pos[idx] = torch.tensor([len(r.prompt) for r in reqs], device=self.device)
         last = out.logits[:, -1]  # left padding: the last column is every row's last prompt token
-        if pick[0]:
-            tokens = [int(MoRForCausalLM._pick(last[b:b + 1], *pick, r.generator)) for b, r in enumerate(reqs)]
+        if warpers is not None:
+            tokens = [int(pick_next(last[b:b + 1], warpers, r.generator)) for b, r in enumerate(reqs)]
         else:
-            tokens = last.argmax(-1).tolist()
+            tokens = pick_next(last).tolist()
         self.tok[idx] = torch.tensor(tokens, device=self.device)
         return tokens
 
@@ -607,14 +608,12 @@ class Engine:
             x = F.embedding(self.tok[ent], self.embed)
             x = self._unique_layers("prelude", x, ent, cos, sin)
             self.step[ent] = 0
-            if self.routing == "expert_choice" and self.gated:
-                logits = torch.mm(x, self.router_t[:, :1]).squeeze(-1).float()
-                self.gate[ent] = gate_value(torch.sigmoid(logits), self.config.router_alpha, self.config.router_gate)
+            if self.routing == "expert_choice" and self.gated:  # step 1's gate (everyone takes step 1)
+                self.gate[ent] = self.policy.gate(torch.mm(x, self.router_t[:, :1]).squeeze(-1).float())
             elif self.routing == "token_choice":
-                logits = torch.mm(x, self.router_t).float()
-                top_p, top_i = logits.softmax(-1).max(-1)
-                self.gate[ent] = gate_value(top_p, self.config.router_alpha, self.config.router_gate)
-                self.target[ent] = self.fixed_depth if self.fixed_depth else (top_i + 1).clamp(max=self.max_depth)
+                choice = self.policy.token_choice(torch.mm(x, self.router_t).float())
+                self.gate[ent] = choice.gate
+                self.target[ent] = choice.target
                 self.h_in[ent] = x
             h[ent] = x
         # Every slot busy (the steady state): per-slot state is read and written whole, no indexing.
@@ -678,25 +677,24 @@ class Engine:
                 h.copy_(y)
             else:
                 h[sel] = y
-        # routing: continue to the next step?
+        # routing: does each item take its next step (nr, 0-based)? The policy decides per item.
         nr = step + 1
-        can = nr < self.max_depth
         if self.routing == "expert_choice":
             hx = y if single else take(h, everyone)
             logits = torch.mm(hx, self.router_t).float()  # (N, R)
-            col = nr.clamp(max=R - 1)
-            score = torch.sigmoid(logits.gather(1, col[:, None]).squeeze(1))
-            cont = can if self.fixed_depth else can & (score > self.router_thr[col])
+            # router nr's logit (an item leaving after the last step reads the last router; it exits anyway)
+            logits = logits.gather(1, nr.clamp(max=R - 1)[:, None]).squeeze(1)  # (N,)
+            cont = self.policy.takes_step(nr, logits=logits)
             if self.gated:
-                gate = gate_value(score, self.config.router_alpha, self.config.router_gate)
+                gate = self.policy.gate(logits)
                 if full:
                     self.gate.copy_(gate)
                 else:
                     self.gate[items] = gate
         elif self.routing == "token_choice":
-            cont = nr < take(self.target, everyone)
+            cont = self.policy.takes_step(nr, target=take(self.target, everyone))
         else:
-            cont = can
+            cont = self.policy.takes_step(nr)
         new_step = torch.where(cont, nr, step)
         if full:
             self.step.copy_(new_step)
@@ -757,40 +755,34 @@ class _DenseKV:
 @torch.inference_mode()
 def naive_generate(model: MoRForCausalLM, prompts, max_new_tokens: int | Sequence[int] = 32,
                    batch_size: int | None = None, depth_cap: int | None = None, fixed_depth: int | None = None,
-                   eos_token_id: int | None = None, stop_at_eos: bool = True,
+                   eos_token_id: int | Sequence[int] | None = None, stop_at_eos: bool = True,
                    timings: dict | None = None) -> list[tuple[list[int], list[int]]]:
     """Greedy decoding on the naive path: static batches of `batch_size` prompts (left-padded),
     and every layer application computes every token of the batch at full width; a token that
     exited (or was never selected) at a recursion step has its update masked out and its K/V
-    entry marked invalid. Uses the model's own decoder layers. Returns (new token ids, depths)
-    per prompt, equal to `model.generate` run alone. `timings`, if given, receives
-    prefill_seconds, decode_seconds and kv_bytes_per_request (the dense caches' bytes)."""
+    entry marked invalid. Uses the model's own decoder layers and depth policy. Returns (new
+    token ids, depths) per prompt, equal to `model.generate` run alone. `timings`, if given,
+    receives prefill_seconds, decode_seconds and kv_bytes_per_request (the dense caches' bytes)."""
     plist = _prompts(prompts)
     news = _per_request(max_new_tokens, len(plist))
-    cfg = model.config
-    _check_depth_args(depth_cap, fixed_depth, cfg.num_recursions)
-    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
-    if not stop_at_eos:
-        eos = None
+    policy = DepthPolicy(model.config, depth_cap, fixed_depth)
+    eos = _eos_ids(model, eos_token_id, stop_at_eos)
     bs = batch_size or len(plist)
     results = []
     clock = {"prefill_seconds": 0.0, "decode_seconds": 0.0, "kv_bytes": 0}
     for start in range(0, len(plist), bs):
-        results += _naive_batch(model, plist[start:start + bs], news[start:start + bs], depth_cap, fixed_depth, eos,
-                                clock)
+        results += _naive_batch(model, plist[start:start + bs], news[start:start + bs], policy, eos, clock)
     if timings is not None:
         timings.update(prefill_seconds=clock["prefill_seconds"], decode_seconds=clock["decode_seconds"],
                        kv_bytes_per_request=clock["kv_bytes"] / len(plist))
     return results
 
 
-def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
+def _naive_forward(model, ids, real, pos, caches, policy: DepthPolicy):
     """Full-width forward of (B, T) tokens: every layer sees every token; returns (logits of the
     last column (B, V), depths (B, T))."""
     m, cfg = model.model, model.config
     B, T = ids.shape
-    R = cfg.num_recursions
-    max_depth = fixed_depth or depth_cap or R
     index = torch.arange(T, device=ids.device)[None].expand(B, T)
     everyone = Tokens(index, pos, real)
     h = m.embed_tokens(ids)
@@ -798,20 +790,18 @@ def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
         h = m.layers[u](h, everyone, caches[m.slot_of[("prelude", i)]])
     depths = torch.zeros(B, T, dtype=torch.long, device=ids.device)
     active = real
-    tc_gate = None
+    choice = None
     if cfg.routing == "token_choice":
-        logits, tc_gate, chosen = m.routers[0](h)
-        target = torch.full_like(chosen, fixed_depth) if fixed_depth else chosen.clamp(max=max_depth)
+        choice = policy.token_choice(m.routers[0](h))
         h_in = h
-    for r, layers in enumerate(m.steps[:max_depth]):
+    for r, layers in enumerate(m.steps[:policy.max_depth]):
         gate = None
-        if cfg.routing == "token_choice":
-            active = real & (target > r)
-        elif cfg.routing == "expert_choice":
-            logits, gate, selected = m.routers[r](h, active if not fixed_depth else real, real, "causal")
-            active = real if fixed_depth else selected
+        if cfg.routing == "expert_choice":
+            logits = m.routers[r](h)
+            active = policy.takes_step(r, active, logits=logits)
+            gate = policy.gate(logits)
         else:
-            active = real
+            active = policy.takes_step(r, active, target=None if choice is None else choice.target)
         tokens = Tokens(index, pos, active)
         y = h
         for j, u in enumerate(layers):
@@ -821,15 +811,15 @@ def _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth):
             y = h + gate[..., None].to(h.dtype) * (y - h)
         h = torch.where(active[..., None], y, h)
         depths = depths + active.long()
-    if tc_gate is not None:
-        h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
+    if choice is not None:
+        h = h_in + choice.gate[..., None].to(h.dtype) * (h - h_in)
     for i, u in enumerate(m.coda):
         h = m.layers[u](h, everyone, caches[m.slot_of[("coda", i)]])
     h = m.norm(h[:, -1])
     return model.lm_head(h).float(), depths
 
 
-def _naive_batch(model, plist, news, depth_cap, fixed_depth, eos, clock):
+def _naive_batch(model, plist, news, policy: DepthPolicy, eos: set[int], clock):
     cfg = model.config
     dev, dt = model.device, model.dtype
     B, T = len(plist), max(len(p) for p in plist)
@@ -845,7 +835,7 @@ def _naive_batch(model, plist, news, depth_cap, fixed_depth, eos, clock):
     caches = [_DenseKV(B, T + n_max, cfg.num_key_value_heads, cfg.head_dim, dev, dt)
               for _ in model.model.slot_names]
     t0 = time.perf_counter()
-    logits, _ = _naive_forward(model, ids, real, pos, caches, depth_cap, fixed_depth)
+    logits, _ = _naive_forward(model, ids, real, pos, caches, policy)
     t1 = time.perf_counter()
     next_pos = pos[:, -1] + 1
     tokens = [[] for _ in plist]
@@ -853,16 +843,16 @@ def _naive_batch(model, plist, news, depth_cap, fixed_depth, eos, clock):
     done = [n == 0 for n in news]
     ones = torch.ones(B, 1, dtype=torch.bool, device=dev)
     for _ in range(n_max):
-        nxt = logits.argmax(-1)
+        nxt = pick_next(logits)
         for b, t in enumerate(nxt.tolist()):
             if not done[b]:
                 tokens[b].append(t)
-        logits, d = _naive_forward(model, nxt[:, None], ones, next_pos[:, None], caches, depth_cap, fixed_depth)
+        logits, d = _naive_forward(model, nxt[:, None], ones, next_pos[:, None], caches, policy)
         next_pos = next_pos + 1
         for b, dd in enumerate(d[:, 0].tolist()):
             if not done[b]:
                 depths[b].append(dd)
-                if len(tokens[b]) >= news[b] or (eos is not None and tokens[b][-1] == eos):
+                if len(tokens[b]) >= news[b] or tokens[b][-1] in eos:
                     done[b] = True
         if all(done):
             break

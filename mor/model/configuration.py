@@ -55,7 +55,7 @@ class MoRConfig(PreTrainedConfig):
     """
 
     model_type = "mor"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 8192
     hidden_size: int = 256

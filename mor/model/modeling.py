@@ -1,7 +1,8 @@
 """Mixture-of-Recursions causal language model, read top to bottom.
 
 norm -> rotary -> MLP -> attention -> decoder layer -> routers and their losses -> the recursion
-loop (MoRModel) -> the causal-LM head (MoRForCausalLM).
+loop (MoRModel) -> the causal-LM head and transformers' generation (MoRForCausalLM). Which tokens
+take a recursion step is the depth policy's rule (policy.py), shared with the inference engine.
 
 Letters in shape comments: B batch, T sequence (new tokens of this call), N tokens gathered for
 one layer application, C hidden size, H query heads, G key/value heads, D head dim, R recursions.
@@ -16,18 +17,20 @@ is why full and incremental forwards agree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache import MoRCache
-from .configuration import ROUTING_MODES, MoRConfig
+from .configuration import MoRConfig
+from .policy import DepthPolicy, check_depth_args
 
 
 class MoRRMSNorm(nn.Module):
@@ -153,56 +156,28 @@ class MoRDecoderLayer(nn.Module):
 
 
 class ExpertChoiceRouter(nn.Module):
-    """Router of one recursion step: decides which candidate tokens take this step.
+    """Router of one recursion step: a linear score per token, (B, T, C) -> logits (B, T) float.
+    Whether a token takes the step (top-k over the row, or sigmoid(logit) > threshold) is the
+    depth policy's rule (mor/model/policy.py)."""
 
-    Returns (logits (B, T), gate (B, T), selected (B, T) bool). "capacity" mode keeps the top-k
-    candidates of each row (k = capacity x real tokens), which looks at the whole sequence;
-    "causal" mode keeps a candidate iff sigmoid(logit) > threshold, a decision each token makes
-    on its own, so it is the rule used for decoding."""
-
-    def __init__(self, config: MoRConfig, capacity: float, threshold: float | None):
+    def __init__(self, config: MoRConfig):
         super().__init__()
         self.linear = nn.Linear(config.hidden_size, 1, bias=False)
-        self.capacity, self.threshold = capacity, threshold
-        self.alpha, self.gate_kind = config.router_alpha, config.router_gate
 
-    def forward(self, h: torch.Tensor, candidates: torch.Tensor, real: torch.Tensor, mode: str):
-        logits = self.linear(h).squeeze(-1).float()  # (B, T)
-        if self.threshold is None:  # first step: capacity 1, every token takes it
-            selected = candidates
-        elif mode == "capacity":
-            k = torch.ceil(self.capacity * real.sum(1)).long()  # (B,)
-            ranked = logits.masked_fill(~candidates, float("-inf"))
-            order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-            rank = order.argsort(dim=1)  # (B, T) rank of each token's score in its row
-            selected = candidates & (rank < k[:, None])
-        else:
-            selected = candidates & (torch.sigmoid(logits) > self.threshold)
-        return logits, gate_value(torch.sigmoid(logits), self.alpha, self.gate_kind), selected
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).squeeze(-1).float()
 
 
 class TokenChoiceRouter(nn.Module):
-    """One router on the recursion input: each token picks its depth 1..R up front.
-
-    Returns (logits (B, T, R), gate (B, T), depth (B, T))."""
+    """One router on the recursion input: (B, T, C) -> logits (B, T, R) float over depths 1..R;
+    the depth policy turns them into each token's depth and gate."""
 
     def __init__(self, config: MoRConfig):
         super().__init__()
         self.linear = nn.Linear(config.hidden_size, config.num_recursions, bias=False)
-        self.alpha, self.gate_kind = config.router_alpha, config.router_gate
 
-    def forward(self, h: torch.Tensor):
-        logits = self.linear(h).float()  # (B, T, R)
-        top_p, top_i = logits.softmax(-1).max(-1)
-        return logits, gate_value(top_p, self.alpha, self.gate_kind), top_i + 1
-
-
-def gate_value(score: torch.Tensor, alpha: float, kind: str) -> torch.Tensor:
-    """'scaled': alpha * score. 'straight_through': 1 in the forward pass, alpha * d(score) in
-    the backward pass, so the router learns from the LM loss without shrinking the update."""
-    if kind == "scaled":
-        return alpha * score
-    return 1.0 + alpha * (score - score.detach())
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).float()
 
 
 def expert_choice_aux_loss(logits: torch.Tensor, candidates: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -263,6 +238,22 @@ class MoRCausalLMOutput(CausalLMOutputWithPast):
     aux_loss: torch.FloatTensor | None = None
 
 
+@dataclass
+class MoRGenerateOutput(GenerateDecoderOnlyOutput):
+    """`generate(..., return_dict_in_generate=True)`: transformers' output plus depths (B, new),
+    the recursions each generated token takes (see `MoRForCausalLM.generate`)."""
+
+    depths: torch.LongTensor | None = None
+
+
+@dataclass
+class MoRGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
+    """The beam-search form of `MoRGenerateOutput`: depths (B x num_return_sequences, new), 0 past
+    the end of a beam that finished early."""
+
+    depths: torch.LongTensor | None = None
+
+
 class MoRPreTrainedModel(PreTrainedModel):
     config_class = MoRConfig
     base_model_prefix = "model"
@@ -287,9 +278,7 @@ class MoRModel(MoRPreTrainedModel):
         self.prelude, self.steps, self.coda = config.layer_plan()
         R = config.num_recursions
         if config.routing == "expert_choice":
-            thresholds = [None, *config.router_threshold]
-            self.routers = nn.ModuleList(
-                ExpertChoiceRouter(config, config.capacities[r], thresholds[r]) for r in range(R))
+            self.routers = nn.ModuleList(ExpertChoiceRouter(config) for _ in range(R))
         elif config.routing == "token_choice":
             self.routers = nn.ModuleList([TokenChoiceRouter(config)])
         else:
@@ -330,38 +319,34 @@ class MoRModel(MoRPreTrainedModel):
         return others + sum(per_layer[i] for i in uses)
 
     # ---- forward -----------------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MoRCache | None = None,
+        cache: MoRCache | None = None,
         depth_cap: int | None = None,
         fixed_depth: int | None = None,
         routing_mode: str | None = None,
         output_step_states: bool = False,
     ) -> MoRModelOutput:
-        """The recursion stack over input_ids (B, T); see MoRModelOutput for what it returns."""
-        cfg = self.config
-        R = cfg.num_recursions
+        """The recursion stack over input_ids (B, T); see MoRModelOutput for what it returns.
+        Without `cache` a fresh one is made (and returned): attention always reads K/V from one."""
         B, T = input_ids.shape
-        mode = routing_mode or ("capacity" if self.training else "causal")
-        if mode not in ROUTING_MODES:
-            raise ValueError(f"routing_mode={mode!r}; use 'causal' or 'capacity'.")
-        for name, value in (("depth_cap", depth_cap), ("fixed_depth", fixed_depth)):
-            if value is not None and not 1 <= value <= R:
-                raise ValueError(f"{name}={value} is outside 1..{R} (num_recursions).")
-        if depth_cap is not None and fixed_depth is not None:
-            raise ValueError("Give depth_cap or fixed_depth, not both.")
-        if past_key_values is not None and mode == "capacity":
+        policy = DepthPolicy(self.config, depth_cap, fixed_depth,
+                             routing_mode or ("capacity" if self.training else "causal"))
+        if cache is not None and not isinstance(cache, MoRCache):
+            raise ValueError(f"MoR keeps K/V per recursion step in a MoRCache, got a {type(cache).__name__}; "
+                             f"pass model.model.new_cache(batch_size) or no cache.")
+        if cache is not None and policy.mode == "capacity":
             raise ValueError("routing_mode='capacity' ranks tokens over the whole sequence, so it "
                              "cannot decode incrementally; use routing_mode='causal' with a cache.")
         real = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
         if attention_mask is not None:
             real = attention_mask[:, -T:].bool()  # the mask may also cover cached tokens
-        cache = past_key_values if past_key_values is not None else self.new_cache(B)
-        positions = cache.next_pos[:, None] + real.long().cumsum(1) - 1  # (B, T)
-        positions = positions.clamp(min=0)
-        cache.next_pos = cache.next_pos + real.sum(1)
+        if cache is None:
+            cache = self.new_cache(B)
+        positions = cache.advance(real)  # (B, T)
 
         h = self.embed_tokens(input_ids)  # (B, T, C)
         everyone = Tokens.from_mask(real, positions)
@@ -369,53 +354,46 @@ class MoRModel(MoRPreTrainedModel):
             h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("prelude", i)]]))
 
         states: list[torch.Tensor] | None = [] if output_step_states else None
-        h, depths, scores, aux = self._recurse(h, real, positions, cache, depth_cap, fixed_depth, mode, states)
+        h, depths, scores, aux = self._recurse(h, real, positions, cache, policy, states)
 
         for i, u in enumerate(self.coda):
             h = everyone.scatter(h, self.layers[u](everyone.gather(h), everyone, cache.slots[self.slot_of[("coda", i)]]))
         return MoRModelOutput(last_hidden_state=self.norm(h), cache=cache, depths=depths, router_scores=scores,
                               aux_losses=aux, step_states=tuple(states) if states is not None else None)
 
-    def _recurse(self, h, real, positions, cache, depth_cap, fixed_depth, mode, states=None):
-        """Apply the shared block up to R times, each token as deep as its router allows. With a
-        `states` list, append the hidden state after every step (R of them, also past an early stop)."""
+    def _recurse(self, h, real, positions, cache, policy: DepthPolicy, states=None):
+        """Apply the shared block up to R times, each token as deep as the depth policy lets it.
+        With a `states` list, append the hidden state after every step (R of them, also past an
+        early stop)."""
         cfg = self.config
         R = cfg.num_recursions
         B, T, _ = h.shape
-        max_depth = fixed_depth or depth_cap or R
         scores = h.new_full((B, T, R), float("nan"), dtype=torch.float)
         depths = torch.zeros(B, T, dtype=torch.long, device=h.device)
         aux: dict[str, torch.Tensor] = {}
-        tc_gate = None
+        choice = None
         if cfg.routing == "token_choice":
-            logits, tc_gate, chosen = self.routers[0](h)
-            probs = logits.softmax(-1)
-            scores = probs.detach().masked_fill(~real[..., None], float("nan"))
+            logits = self.routers[0](h)  # (B, T, R)
+            choice = policy.token_choice(logits)
+            scores = choice.probs.detach().masked_fill(~real[..., None], float("nan"))
             if real.any():
-                aux["balancing"] = token_choice_balancing_loss(probs, chosen, real)
+                aux["balancing"] = token_choice_balancing_loss(choice.probs, choice.chosen, real)
                 aux["z"] = router_z_loss(torch.logsumexp(logits[real], -1))
-            target = torch.full_like(chosen, fixed_depth) if fixed_depth else chosen.clamp(max=max_depth)
             h_in = h
         active = real
-        for r, layers in enumerate(self.steps):
-            gate = None
-            if cfg.routing == "token_choice":
-                active = real & (target > r)
-            elif fixed_depth is not None or r >= max_depth:
-                active = real & (r < max_depth)
-                if cfg.routing == "expert_choice" and active.any():
-                    # Router ignored for the decision, but its gate still scales the update.
-                    logits, gate, _ = self.routers[r](h, active, real, mode)
-                    scores[..., r] = torch.where(active, torch.sigmoid(logits).detach(), scores[..., r])
-            elif cfg.routing == "expert_choice":
-                candidates = active
-                logits, gate, active = self.routers[r](h, candidates, real, mode)
+        for r, layers in enumerate(self.steps[: policy.max_depth]):
+            candidates, gate = active, None
+            if cfg.routing == "expert_choice":
+                # the router's gate scales the update even when a fixed depth overrides its decision
+                logits = self.routers[r](h)  # (B, T)
+                active = policy.takes_step(r, candidates, logits=logits, real=real)
+                gate = policy.gate(logits)
                 scores[..., r] = torch.where(candidates, torch.sigmoid(logits).detach(), scores[..., r])
-                if mode == "capacity" and candidates.any():
+                if policy.ranks_by_capacity and candidates.any():
                     aux[f"bce_{r + 1}"] = expert_choice_aux_loss(logits, candidates, active)
                     aux[f"z_{r + 1}"] = router_z_loss(logits[candidates])
             else:
-                active = real & (r < max_depth)
+                active = policy.takes_step(r, candidates, target=None if choice is None else choice.target)
             if not active.any():
                 break
             depths = depths + active.long()
@@ -430,16 +408,27 @@ class MoRModel(MoRPreTrainedModel):
             h = tokens.scatter(h, y)
             if states is not None:
                 states.append(h)
-        if tc_gate is not None:
-            h = h_in + tc_gate[..., None].to(h.dtype) * (h - h_in)
+        if choice is not None:
+            tc_gate = choice.gate[..., None].to(h.dtype)
+            h = h_in + tc_gate * (h - h_in)
             if states is not None:  # token-choice scales the update once, at exit: show each step's state so scaled
-                states[:] = [h_in + tc_gate[..., None].to(h.dtype) * (state - h_in) for state in states]
+                states[:] = [h_in + tc_gate * (state - h_in) for state in states]
         if states is not None:
             states.extend([h] * (R - len(states)))  # steps nobody took: every token keeps its state
         return h, depths, scores, aux
 
 
-class MoRForCausalLM(MoRPreTrainedModel):
+# Options of the continuous-batching engine (mor.inference.engine.Engine) that `generate` does not
+# have: named in a clear error rather than transformers' "model_kwargs are not used by the model".
+ENGINE_ONLY_OPTIONS = ("max_batch", "prefill_together", "seed", "stop_at_eos", "trace_steps")
+# Options of the generate this model had before transformers' drove it, and what replaces each.
+REPLACED_OPTIONS = {
+    "return_depths": "pass return_dict_in_generate=True and read the output's .depths",
+    "generator": "transformers' generate samples with the global generator: call torch.manual_seed(seed) first",
+}
+
+
+class MoRForCausalLM(MoRPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: MoRConfig):
@@ -466,102 +455,111 @@ class MoRForCausalLM(MoRPreTrainedModel):
         coef = {"bce": cfg.router_aux_loss_coef, "z": cfg.router_z_loss_coef, "balancing": cfg.balancing_loss_coef}
         return sum(coef[name.split("_")[0]] * value for name, value in parts.items())
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MoRCache | None = None,
+        cache: MoRCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         depth_cap: int | None = None,
         fixed_depth: int | None = None,
         routing_mode: str | None = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ) -> MoRCausalLMOutput:
         """Causal-LM forward. `depth_cap=k`: no token takes more than k recursions;
         `fixed_depth=k`: every token takes exactly k (router ignored); `routing_mode`:
         "causal" (default in eval: each token decides alone, decodable) or "capacity" (top-k over
-        the sequence, the training rule). Pass `past_key_values` (a `MoRCache`) to decode."""
+        the sequence, the training rule). Pass `cache` (a `MoRCache`) to decode; with `use_cache`
+        the cache used (a fresh one when none was passed) is returned. `logits_to_keep=n`: logits
+        of the last n columns only (0: all), as transformers' `generate` asks at prefill. Other
+        keyword arguments transformers passes (`return_dict`, ...) are accepted and ignored."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        base = self.model(input_ids, attention_mask, past_key_values, depth_cap, fixed_depth, routing_mode)
-        hidden, depths, scores, aux_parts, cache = (base.last_hidden_state, base.depths, base.router_scores,
-                                                    base.aux_losses, base.cache)
-        logits = self.lm_head(hidden).float()  # (B, T, V)
+        base = self.model(input_ids, attention_mask=attention_mask, cache=cache, depth_cap=depth_cap,
+                          fixed_depth=fixed_depth, routing_mode=routing_mode)
+        logits = self.lm_head(base.last_hidden_state[:, -logits_to_keep:]).float()  # (B, T or n, V); -0: all
         loss = lm_loss = aux = None
         if labels is not None:
             lm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-            aux = self.aux_loss(aux_parts)
+            aux = self.aux_loss(base.aux_losses)
             loss = lm_loss if aux is None else lm_loss + aux
         return MoRCausalLMOutput(
-            loss=loss, logits=logits, past_key_values=cache if use_cache else None,
-            depths=depths, router_scores=scores, lm_loss=lm_loss, aux_loss=aux)
+            loss=loss, logits=logits, cache=base.cache if use_cache else None,
+            depths=base.depths, router_scores=base.router_scores, lm_loss=lm_loss, aux_loss=aux)
+
+    # ---- generation: transformers' GenerationMixin drives the forward above ------------------
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # A DynamicCache cannot hold per-step, position-tagged entries: generate passes no cache to
+        # the first forward, which makes a MoRCache and returns it, and generate carries that one.
+        return False
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        depth_cap: int | None = None,
-        fixed_depth: int | None = None,
-        generator: torch.Generator | None = None,
-        return_depths: bool = False,
-    ):
-        """Greedy or sampled decoding with the KV cache, causal routing.
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """transformers' `generate` (greedy, sampling, beam search, logits processors, stopping
+        criteria, streamers, batched left-padded prompts, `pipeline("text-generation")`), with
+        MoR's options passed through to every forward: `depth_cap=k` or `fixed_depth=k`.
 
-        input_ids (B, T) left-padded when rows differ in length (attention_mask 0 on padding).
-        Returns the (B, T + new) ids, or (ids, depths of the new tokens (B, new)) with
-        `return_depths`. Rows that produced `eos_token_id` keep emitting it."""
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0.")
-        was_training = self.training
-        self.eval()
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        B = input_ids.shape[0]
-        cache = self.model.new_cache(B)
-        out = self(input_ids, attention_mask=attention_mask, past_key_values=cache,
-                   depth_cap=depth_cap, fixed_depth=fixed_depth)
-        ids, new_depths = [input_ids], []
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        for step in range(max_new_tokens):
-            nxt = self._pick(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
-            if eos is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                done = done | (nxt == eos)
-            ids.append(nxt[:, None])
-            out = self(nxt[:, None], past_key_values=cache, depth_cap=depth_cap, fixed_depth=fixed_depth)
-            new_depths.append(out.depths)
-            if eos is not None and done.all():
-                break
-        self.train(was_training)
-        seq = torch.cat(ids, 1)
-        if return_depths:
-            depth_tensor = torch.cat(new_depths, 1) if new_depths else seq.new_zeros(B, 0)
-            return seq, depth_tensor
-        return seq
+        Decoding is always causal (each token's depth decided from its prefix alone), also on a
+        model in training mode. Padding comes from `attention_mask` only (a prompt without one is
+        all real tokens; see `_prepare_attention_mask_for_generation`).
 
-    @staticmethod
-    def _pick(logits, do_sample, temperature, top_k, top_p, generator):
-        """Next token from (B, V) logits: argmax, or a sample after temperature/top-k/top-p."""
-        if not do_sample:
-            return logits.argmax(-1)
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling.")
-        logits = logits / temperature
-        if top_k is not None:
-            kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None:
-            sorted_logits, order = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        With `return_dict_in_generate=True` the output (`MoRGenerateOutput`, or
+        `MoRGenerateBeamOutput` for beam search) also has `depths` (B, new): the recursions each
+        generated token takes, read from one causal forward over the returned sequences (the depth
+        a token took while decoding, as causal routing depends on the prefix only; the last token,
+        which decoding never feeds, gets the depth it would take). 0 where a beam ended early.
+
+        For many requests at once use `mor.inference.engine.Engine` (continuous depth-wise batching:
+        the same greedy tokens and depths at a higher throughput, see docs/performance.md)."""
+        for name, instead in REPLACED_OPTIONS.items():
+            if name in kwargs:
+                raise ValueError(f"generate has no {name} option any more; {instead}.")
+        engine_only = [name for name in ENGINE_ONLY_OPTIONS if name in kwargs]
+        if engine_only:
+            raise ValueError(f"{', '.join(engine_only)}: option(s) of mor.inference.engine.Engine, not of "
+                             f"generate; use Engine(model, ...).generate(prompts, ...) for many requests.")
+        if isinstance(kwargs.get("max_new_tokens"), (list, tuple)):
+            raise ValueError("max_new_tokens is one number for generate; a budget per prompt is an Engine "
+                             "option: Engine(model).generate(prompts, max_new_tokens=[...]).")
+        check_depth_args(kwargs.get("depth_cap"), kwargs.get("fixed_depth"), self.config.num_recursions)
+        if kwargs.get("routing_mode") not in (None, "causal"):
+            raise ValueError(f"generate decodes causally; routing_mode={kwargs['routing_mode']!r} ranks tokens "
+                             f"over the whole sequence (use it in a forward pass, not for decoding).")
+        kwargs["routing_mode"] = "causal"
+        out = super().generate(inputs, generation_config, **kwargs)
+        if not isinstance(out, ModelOutput):
+            return out
+        prompt_mask = kwargs.get("attention_mask")
+        if prompt_mask is None:  # every prompt column is real; a prompt-less call starts from one BOS column
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+            prompt_mask = torch.ones_like(prompt) if prompt is not None else out.sequences.new_ones(1, 1)
+        depths = self._generated_depths(out.sequences, prompt_mask, kwargs.get("depth_cap"), kwargs.get("fixed_depth"))
+        if isinstance(out, GenerateBeamDecoderOnlyOutput):
+            return MoRGenerateBeamOutput(**out, depths=depths.masked_fill(out.beam_indices < 0, 0))
+        return MoRGenerateOutput(**out, depths=depths)
+
+    def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, generation_config,
+                                               model_kwargs: dict) -> torch.Tensor:
+        # Without an attention_mask every prompt column is a real token. transformers would guess
+        # padding from pad_token_id, which the shipped tokenizers share with BOS and end-of-text:
+        # a prompt starting with <|endoftext|> (or generation from BOS) would be taken for padding.
+        return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+
+    def _generated_depths(self, sequences: torch.Tensor, prompt_mask: torch.Tensor, depth_cap: int | None,
+                          fixed_depth: int | None) -> torch.Tensor:
+        """Depths (N, new) of the tokens after the prompt in sequences (N, L), N a multiple of the
+        prompt batch (several returned sequences per prompt); one causal forward, no LM head."""
+        N, L = sequences.shape
+        P = prompt_mask.shape[1]
+        prompt_mask = prompt_mask.to(sequences.device).repeat_interleave(N // prompt_mask.shape[0], 0)
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(N, L - P)], 1)
+        base = self.model(sequences, attention_mask=mask, depth_cap=depth_cap, fixed_depth=fixed_depth,
+                          routing_mode="causal")
+        return base.depths[:, P:]
 
 
-__all__ = ["MoRForCausalLM", "MoRModel", "MoRPreTrainedModel", "MoRCausalLMOutput", "MoRModelOutput"]
+__all__ = ["MoRForCausalLM", "MoRModel", "MoRPreTrainedModel", "MoRCausalLMOutput", "MoRGenerateBeamOutput",
+           "MoRGenerateOutput", "MoRModelOutput"]

@@ -96,9 +96,7 @@ def calibrate_thresholds(model: MoRForCausalLM, windows: torch.Tensor, batch_siz
         t = torch.quantile(candidate_scores.double(), 1 - keep).item() if candidate_scores.numel() else 0.5
         thresholds.append(float(min(max(t, 1e-6), 1 - 1e-6)))
     old = list(cfg.router_threshold)
-    cfg.router_threshold = thresholds
-    for r, t in enumerate(thresholds, start=1):
-        model.model.routers[r].threshold = t
+    cfg.router_threshold = thresholds  # the depth policy reads the thresholds from the config
     return {"thresholds_before": old, "thresholds": thresholds,
             "causal_topk_depth_agreement_before": before, "causal_topk_depth_agreement": agreement()}
 
