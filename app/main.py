@@ -19,6 +19,7 @@ st.navigation({
         st.Page(PAGES / "kv_memory.py", title="KV cache memory", icon="🧠", url_path="kv-memory"),
         st.Page(PAGES / "throughput.py", title="Live throughput", icon="⚡", url_path="throughput"),
         st.Page(PAGES / "compare.py", title="Compare", icon="⚖️", url_path="compare"),
+        st.Page(PAGES / "corpus.py", title="Corpus statistics", icon="📊", url_path="corpus-stats"),
     ],
     "Learn": [
         st.Page(PAGES / "learn.py", title="How MoR works", icon="🎓", url_path="learn"),

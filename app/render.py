@@ -1,4 +1,6 @@
-"""Trace dicts (`mor.analysis.Trace.to_json()`) to HTML. Pure functions: no Streamlit, no model.
+"""Trace dicts (`mor.analysis.Trace.to_json()`) and per-token values to HTML. Pure functions: no
+Streamlit, no model. One token renderer (`span`) serves the depth heatmap (viridis by depth) and
+the value heatmaps of the recursion lens and "where depth helped" (RdBu, diverging around 0).
 
 Every piece of text that came from the user or the tokenizer goes through `html.escape(...,
 quote=True)` before it lands in element content or in an attribute, so a token such as
@@ -8,9 +10,14 @@ quote=True)` before it lands in element content or in an attribute, so a token s
 from __future__ import annotations
 
 import html
+import math
 
 # Matplotlib's viridis sampled at 0, 1/8, ..., 1: perceptually uniform and colour-blind safe.
 VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
+# ColorBrewer RdBu (9 classes), a diverging scale marked colour-blind safe: red where a change in
+# NLL is a loss, white at no change, blue where it is a gain.
+RDBU = ("#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7", "#d1e5f0", "#92c5de", "#4393c3", "#2166ac")
+NO_VALUE = "#bdbdbd"  # a token without a value (the last one: nothing follows it to predict)
 
 HEATMAP_CSS = """
 .mor-heatmap{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:15px;line-height:1.9}
@@ -27,12 +34,12 @@ def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
-def _interpolate(t: float) -> str:
-    """The viridis colour at t in [0, 1], linear between the stored stops."""
-    t = min(max(t, 0.0), 1.0) * (len(VIRIDIS) - 1)
-    i = min(int(t), len(VIRIDIS) - 2)
+def _interpolate(t: float, stops: tuple[str, ...] = VIRIDIS) -> str:
+    """The colour at t in [0, 1] of a palette, linear between its stops (viridis by default)."""
+    t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(t), len(stops) - 2)
     frac = t - i
-    a, b = _hex_to_rgb(VIRIDIS[i]), _hex_to_rgb(VIRIDIS[i + 1])
+    a, b = _hex_to_rgb(stops[i]), _hex_to_rgb(stops[i + 1])
     return "#" + "".join(f"{round(x + (y - x) * frac):02x}" for x, y in zip(a, b))
 
 
@@ -100,22 +107,32 @@ def _visible_text(token: str) -> str:
     return '<span class="mor-mark">↵</span><br>'.join(lines)
 
 
+def span(token: str, background: str, tooltip: str, data: dict[str, object]) -> str:
+    """One token as a span on `background` (a "#rrggbb" colour made here), with its plain-text
+    `tooltip` and `data` as data-* attributes, all escaped: the one token renderer of the app."""
+    attrs = "".join(f' data-{key}="{html.escape(str(value), quote=True)}"' for key, value in data.items())
+    return (f'<span class="mor-tok"{attrs} style="background:{background};color:{text_colour(background)}" '
+            f'title="{html.escape(tooltip, quote=True)}">{_visible_text(token)}</span>')
+
+
 def token_span(token: str, depth: int, num_recursions: int, scores: list[float | None],
                nll: float | None, score_label: str = DEFAULT_SCORE_LABEL) -> str:
-    background = depth_colour(depth, num_recursions)
-    title = html.escape(token_tooltip(token, depth, num_recursions, scores, nll, score_label), quote=True)
-    return (f'<span class="mor-tok" data-depth="{int(depth)}" style="background:{background};'
-            f'color:{text_colour(background)}" title="{title}">{_visible_text(token)}</span>')
+    tooltip = token_tooltip(token, depth, num_recursions, scores, nll, score_label)
+    return span(token, depth_colour(depth, num_recursions), tooltip, {"depth": int(depth)})
+
+
+def swatch(label: str, background: str, attrs: str = "") -> str:
+    """One legend swatch: `label` (escaped) on `background`; `attrs` are attributes made here."""
+    return (f'<span class="mor-swatch"{attrs} style="background:{background};color:{text_colour(background)}">'
+            f"{html.escape(label)}</span>")
 
 
 def legend_html(num_recursions: int, counts: dict[str, int] | None = None) -> str:
     """Swatches for depth 1..N_r, with the number of tokens at each depth when given."""
     swatches = []
     for depth in range(1, num_recursions + 1):
-        background = depth_colour(depth, num_recursions)
         label = f"{depth}" if counts is None else f"{depth} ({int(counts.get(str(depth), 0))} tokens)"
-        swatches.append(f'<span class="mor-swatch" data-depth="{depth}" style="background:{background};'
-                        f'color:{text_colour(background)}">{html.escape(label)}</span>')
+        swatches.append(swatch(label, depth_colour(depth, num_recursions), f' data-depth="{depth}"'))
     return ('<div class="mor-legend"><b>Recursions taken</b> (shallow → deep): '
             + "".join(swatches) + "</div>")
 
@@ -131,13 +148,52 @@ def heatmap_html(trace: dict, *, routing: str = "expert_choice", legend: bool = 
         token_span(token, depth, R, scores, nll, label)
         for token, depth, scores, nll in zip(trace["tokens"], trace["depths"], trace["router_scores"],
                                              trace["token_nll"]))
-    parts = ['<div class="mor-heatmap">']
-    if style:
-        parts.append(f"<style>{HEATMAP_CSS}</style>")
-    if legend:
-        parts.append(legend_html(R, trace.get("depth_histogram")))
-    parts.append(f'<div class="mor-text">{spans}</div></div>')
-    return "".join(parts)
+    return text_block(spans, legend_html(R, trace.get("depth_histogram")) if legend else "", style)
+
+
+def text_block(spans: str, legend: str = "", style: bool = True) -> str:
+    """The heatmap container: optional <style>, a legend (HTML made here) and the token spans."""
+    return ('<div class="mor-heatmap">' + (f"<style>{HEATMAP_CSS}</style>" if style else "") + legend
+            + f'<div class="mor-text">{spans}</div></div>')
+
+
+# ---- heatmaps of a signed value (NLL changes) -------------------------------------------------
+
+def symmetric_scale(values: list[float | None], quantile: float = 0.95, floor: float = 0.05) -> float:
+    """Half-width of a diverging colour scale centred on 0: the `quantile` of |value| (so one
+    outlier does not wash out every other token; larger values are drawn at the end colour), at
+    least `floor`, rounded up to two significant digits so the legend reads cleanly."""
+    magnitudes = sorted(abs(v) for v in values if v is not None)
+    if not magnitudes:
+        return floor
+    top = max(magnitudes[min(len(magnitudes) - 1, int(quantile * len(magnitudes)))], floor)
+    digits = 1 - int(math.floor(math.log10(top)))
+    return math.ceil(top * 10 ** digits) / 10 ** digits
+
+
+def diverging_colour(value: float | None, scale: float) -> str:
+    """RdBu colour of `value` on [-scale, scale] (clamped): blue > 0 (NLL fell), red < 0."""
+    if value is None:
+        return NO_VALUE
+    return _interpolate((value / scale + 1) / 2, RDBU)
+
+
+def value_legend_html(title: str, scale: float, unit: str = "nats") -> str:
+    """Swatches at -scale, -scale/2, 0, scale/2 and scale, and the grey of "no value"."""
+    swatches = [swatch(f"{value:+.3g} {unit}", diverging_colour(value, scale))
+                for value in (-scale, -scale / 2, 0.0, scale / 2, scale)]
+    swatches.append(swatch("no next token", NO_VALUE))
+    return f'<div class="mor-legend"><b>{html.escape(title)}</b> (red: worse, blue: better): {"".join(swatches)}</div>'
+
+
+def value_heatmap_html(tokens: list[str], values: list[float | None], tooltips: list[str], title: str,
+                       scale: float | None = None) -> str:
+    """Every token coloured by a signed value (diverging RdBu around 0), with its tooltip; the
+    value is kept in data-value ("" when None) so tests and readers can check each colour."""
+    scale = scale or symmetric_scale(values)
+    spans = "".join(span(token, diverging_colour(value, scale), tip, {"value": "" if value is None else value})
+                    for token, value, tip in zip(tokens, values, tooltips))
+    return text_block(spans, value_legend_html(title, scale))
 
 
 def setting_label(trace: dict) -> str:

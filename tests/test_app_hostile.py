@@ -1,9 +1,13 @@
 """Hostile input to the app, through Streamlit's AppTest (the real pages, no browser).
 
-Texts: every page that takes text gets empty text, whitespace only, one character, 50,000
-characters, emoji, CJK, right-to-left scripts, combining marks and control characters with NUL.
-Each must give no exception and either a clear message or the right numbers (checked against
-`mor.analysis.trace` run here).
+Texts: every page that takes text (and the heatmap page's recursion-lens and where-depth-helped
+tabs) gets empty text, whitespace only, one character, 50,000 characters, emoji, CJK, right-to-left
+scripts, combining marks and control characters with NUL. Each must give no exception and either a
+clear message or the right numbers (checked against `mor.analysis` run here).
+
+Files: the Corpus statistics page gets each of those texts as an uploaded UTF-8 file, plus a file
+with a UTF-8 byte-order mark, an empty file, binary bytes, UTF-16 and Latin-1 text (a clear error,
+nothing analysed) and a file over the page's character cap (analysed up to the cap, which it names).
 
 Checkpoints: $MOR_CHECKPOINTS points at a folder holding one broken copy of a shipped checkpoint
 (truncated weights, a pickle in place of the weights, a pickle beside no weights, a config whose
@@ -29,7 +33,9 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
-PAGES = ("heatmap", "scaling", "kv_memory", "compare", "learn", "throughput")
+PAGES = ("heatmap", "scaling", "kv_memory", "compare", "learn", "throughput", "corpus")
+TABS = {"lens": "lens", "gain": "gain"}  # heatmap-page tabs in the text matrix: name -> ?view=
+TEXT_PAGES = [p for p in PAGES if p not in ("throughput", "corpus")] + list(TABS)
 
 _SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
 HOSTILE = {
@@ -67,15 +73,22 @@ def reference(shipped):
             cache[text] = analysis.trace(model, tokenizer, text).to_json()
         return cache[text]
 
-    trace.config = model.config
+    def lens(text: str) -> dict:
+        if ("lens", text) not in cache:
+            cache[("lens", text)] = analysis.lens(model, tokenizer, text).to_json()
+        return cache[("lens", text)]
+
+    trace.config, trace.lens = model.config, lens
+    trace.model, trace.tokenizer = model, tokenizer
     return trace
 
 
-def open_page(name: str, page: str) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=120)
-    at.query_params.update(ckpt=name)
+def open_page(name: str, page: str, **query) -> AppTest:
+    """The app on `page` (a file of app_pages/, or one of TABS: that tab of the heatmap page)."""
+    at = AppTest.from_file(MAIN, default_timeout=300)
+    at.query_params.update(ckpt=name, **query, **({"view": TABS[page]} if page in TABS else {}))
     at.run()
-    if page != "heatmap":
+    if page not in ("heatmap", *TABS):
         at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -102,7 +115,7 @@ def set_text(at: AppTest, text: str, label: str = "Text") -> AppTest:
 # ---- texts -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", HOSTILE)
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "throughput"])
+@pytest.mark.parametrize("page", TEXT_PAGES)
 def test_hostile_text(shipped, reference, page, kind):
     name, _ = shipped
     text = HOSTILE[kind]
@@ -142,6 +155,29 @@ def test_hostile_text(shipped, reference, page, kind):
         assert f"tokens whose depth differs between the two rules" in captions
         assert f"for all {tokens} tokens" in captions
         assert any("request 1" in h.proto.body for h in at.html)  # the engine ran on prompts cut from it
+    elif page in TABS:
+        check_tab(at, page, text, reference)
+
+
+def check_tab(at: AppTest, page: str, text: str, reference) -> None:
+    """The lens / gain tab: one span per token in each heatmap, and the mean NLL at full depth (the
+    last step of the lens, cap N_r of the gain) equal to the trace's; "-" with nothing to predict."""
+    expected = reference(text)
+    R, tokens = reference.config.num_recursions, len(expected["tokens"])
+    full = "-" if expected["nll"] is None else f"{expected['nll']:.4f}"
+    body = "".join(h.proto.body for h in at.html)
+    if page == "lens":
+        lens = reference.lens(text)
+        rows = [[s["next_token_nll"] for s in row] for row in lens["steps"][:-1]]
+        for r in range(R):
+            want = "-" if not rows else f"{sum(row[r] for row in rows) / len(rows):.4f}"
+            assert metrics(at, f"Mean NLL after step {r + 1}") == [want]
+        assert metrics(at, f"Mean NLL after step {R}") == [full]
+        assert body.count('class="mor-tok"') == (tokens if R > 1 else 0)
+        assert any(s.label == "Token to inspect" for s in at.selectbox)
+    else:
+        assert metrics(at, "Mean NLL at full depth") == [full]
+        assert body.count('class="mor-tok"') == 2 * tokens  # the gain heatmap and the depth heatmap beside it
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -166,6 +202,80 @@ def test_hostile_prompt_on_throughput(shipped, reference, kind):
         assert f"The prompt was cut to its last {keep} tokens" in captions
     else:
         assert "The prompt was cut" not in captions
+
+
+# ---- uploaded files -----------------------------------------------------------------------------
+
+_ODD = "é\u0301 😀 中文 مرحبا \u202e ok"
+FILES = {  # name: (bytes of the file, the text analysed or None, text the message must contain)
+    **{f"utf8-{kind}": (text.encode("utf-8"), text, None) for kind, text in HOSTILE.items() if kind != "empty"},
+    "utf8-bom": (("\ufeff" + _ODD).encode("utf-8"), _ODD, None),
+    "empty": (b"", None, "The corpus is empty"),
+    "binary": (bytes(range(256)) * 4, None, "is not UTF-8 text (byte 128 is 0x80); it may be binary"),
+    "png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", None, "is not UTF-8 text (byte 0 is 0x89)"),
+    "utf16": ("hello, world".encode("utf-16"), None, "This file is UTF-16 text"),
+    "latin1": ("café au lait".encode("latin-1"), None, "is not UTF-8 text (byte 3 is 0xe9)"),
+}
+FILE_CAP = 20_000  # the page's character cap, lowered for the test so a "huge" file stays quick
+
+
+@pytest.fixture
+def corpus_view(monkeypatch):
+    """The corpus page's module (shared with AppTest's run of the page), its cap lowered to FILE_CAP."""
+    monkeypatch.syspath_prepend(str(Path(MAIN).parent))
+    import corpus_view
+
+    monkeypatch.setattr(corpus_view, "MAX_CHARS", FILE_CAP)
+    return corpus_view
+
+
+def upload(name: str, data: bytes) -> AppTest:
+    at = open_page(name, "corpus", corpus="upload")
+    return at.file_uploader(key="corpus_upload").upload("hostile.txt", data, "text/plain").run()
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_hostile_upload(shipped, reference, corpus_view, kind):
+    name, _ = shipped
+    data, text, message = FILES[kind]
+    at = upload(name, data)
+    assert not at.exception, f"corpus / {kind}: {[e.value for e in at.exception]}"
+    shown = " ".join(texts_of(at.error) + texts_of(at.info))
+    if text is None:  # a clear message, and nothing analysed
+        assert message in shown, f"corpus / {kind}: {shown!r}"
+        assert not metrics(at, "Tokens")
+        return
+    assert not at.error, texts_of(at.error)
+    capped = text[:FILE_CAP]
+    assert (f"Only the first {FILE_CAP:,} characters are analysed" in shown) == (len(text) > FILE_CAP)
+    expected = analysis.corpus_stats(reference.model, reference.tokenizer, capped)
+    assert metrics(at, "Tokens") == [f"{expected['tokens']:,}"]
+    assert metrics(at, "Mean depth") == [f"{expected['mean_depth']:.3f}"]
+
+
+def test_huge_upload_is_capped(shipped, reference, corpus_view):
+    """A 4 MB file: analysed up to the cap, which the page names."""
+    name, _ = shipped
+    text = HOSTILE["50k_chars"] * 80
+    at = upload(name, text.encode("utf-8"))
+    assert not at.exception and not at.error
+    assert any(f"Only the first {FILE_CAP:,} characters are analysed ({len(text) - FILE_CAP:,} more were left out)"
+               in i for i in texts_of(at.info))
+    expected = analysis.corpus_stats(reference.model, reference.tokenizer, text[:FILE_CAP])
+    assert metrics(at, "Tokens") == [f"{expected['tokens']:,}"]
+
+
+def test_upload_name_is_never_markup(shipped, corpus_view):
+    """A file name holding markup, a link and a backtick is shown as plain code, with the markup
+    characters replaced, in both the caption and the error."""
+    name, _ = shipped
+    at = open_page(name, "corpus", corpus="upload")
+    hostile = "<b>x</b>[y](javascript:alert(1))`z`.txt"
+    shown = "`_b_x__b__y__javascript_alert_1___z_.txt`"
+    at = at.file_uploader(key="corpus_upload").upload(hostile, b"Plain text.", "text/plain").run()
+    assert not at.exception and f"Corpus: the uploaded file {shown}." in texts_of(at.caption)
+    at = at.file_uploader(key="corpus_upload").upload(hostile, b"\xff\xfe\x00", "text/plain").run()
+    assert texts_of(at.error) == [f"{shown} cannot be read: This file is UTF-16 text. Save it as UTF-8 and upload it again."]
 
 
 # ---- broken checkpoints ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 One Streamlit server (a subprocess on a free port) and one headless Chromium serve the whole
 module. Every number the pages show is checked against `mor.analysis.trace` run here on the same
-checkpoint. Skipped when /usr/bin/chromium, Playwright or a shipped checkpoint is missing; a
+checkpoint, or against the JSON that `mor lens`, `mor gain` and `mor stats` print. Skipped when /usr/bin/chromium, Playwright or a shipped checkpoint is missing; a
 browser is never downloaded.
 
 The screenshot test writes to a temporary folder; set MOR_SCREENSHOTS_DIR=docs/screenshots to
@@ -12,6 +12,7 @@ refresh the README's images from the test run (or run `python scripts/screenshot
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -42,7 +43,9 @@ def _load_script(name: str):
 
 shots = _load_script("screenshots")
 sys.path.insert(0, str(ROOT / "app"))
+import corpus_view  # noqa: E402  (app/corpus_view.py: the sample-text corpus, as the page reads it)
 import render  # noqa: E402  (app/render.py: the heatmap colours, pure functions)
+from mor.cli import main as mor_main  # noqa: E402
 
 TIMEOUT_MS = 60_000
 TEXT_A = "The cat sat on the mat."
@@ -315,21 +318,24 @@ def test_injected_markup_is_shown_as_text(server, page, model):
 
 
 def test_long_and_control_text(server, page, model):
-    """50,000 characters: truncation notice, 256 tokens, and the text survives a rerun caused by
-    another widget (it is too long for the URL). Control characters and NUL: counted, no error."""
+    """50,000 characters: traced whole in overlapping windows (the page says how many), every token
+    drawn, and the text survives a rerun caused by another widget (it is too long for the URL).
+    Control characters and NUL: counted, no error."""
     base_url, _ = server
-    context = model[0].config.max_position_embeddings
     long_text = ("The quick brown fox jumps over the lazy dog. " * 1200)[:50_000]
     open_app(page, base_url)
     page.wait_for_selector(".mor-tok")
     paste(page, long_text)
-    dropped = expected(model, long_text)["truncated_tokens"]
-    page.get_by_text(f"only the first {context} tokens are shown; {dropped} tokens were dropped").wait_for()
-    page.wait_for_function("n => Array.from(document.querySelectorAll('.mor-tok')).length === n", arg=context)
+    trace = expected(model, long_text)
+    notice = f"traced whole in {trace['windows']} overlapping windows"
+    assert trace["windows"] > 1 and trace["truncated_tokens"] == 0
+    page.get_by_text(notice).wait_for()
+    page.wait_for_function("n => Array.from(document.querySelectorAll('.mor-tok')).length === n",
+                           arg=len(trace["tokens"]))
     assert "text=" not in page.url  # too long for a shareable link: left out of the URL
     page.get_by_text("capacity", exact=True).click()  # a rerun for another reason
     page.wait_for_function("() => location.href.includes('mode=capacity')")
-    page.get_by_text(f"{dropped} tokens were dropped").wait_for()
+    page.get_by_text(notice).wait_for()
     assert len(page.get_by_label("Text", exact=True).input_value()) == 50_000
 
     control = "a\x00b\x01c\x1b[31mred\x7f\x08 tab\there\nline\x0c\x00end"
@@ -407,6 +413,192 @@ def test_eight_sessions_at_once_each_see_their_own_text(server, browser, model):
     finally:
         for context in contexts:
             context.close()
+
+
+# ---- the recursion lens, where depth helped, corpus statistics ----------------------------------
+
+def cli_json(capsys, *argv) -> dict:
+    """What `mor ARGV --json` prints, run here on the same checkpoint as the server."""
+    capsys.readouterr()
+    assert mor_main([*argv, "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+VALUE_MAP_JS = """title => {
+    const box = Array.from(document.querySelectorAll('.mor-heatmap'))
+        .find(h => (h.querySelector('.mor-legend b') || {}).innerText?.startsWith(title));
+    if (!box) return null;
+    const spans = Array.from(box.querySelectorAll('.mor-text .mor-tok'));
+    return {text: box.querySelector('.mor-text').textContent, values: spans.map(s => s.dataset.value),
+            depths: spans.map(s => s.dataset.depth), colours: spans.map(s => getComputedStyle(s).backgroundColor)};
+}"""
+# Rows of the i-th dataframe as its cells' text, read from the grid's accessible table ([] before it is drawn).
+TABLE_JS = """i => { const grid = document.querySelectorAll('[data-testid="stDataFrame"]')[i];
+    return grid ? Array.from(grid.querySelectorAll('tbody tr')).map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText)) : []; }"""
+
+
+def wait_for_column(page, table: int, column: int, want: list[float]) -> list[list[str]]:
+    """Wait until column `column` of the page's `table`-th dataframe holds the numbers `want` (the
+    grid redraws after the rest of the page), and return its rows as shown."""
+    try:
+        page.wait_for_function(
+            """([js, table, column, want]) => {
+                const rows = eval(js)(table);
+                return rows.length === want.length
+                    && rows.every((r, i) => Math.abs(parseFloat(r[column]) - want[i]) < 1e-6);
+            }""", arg=[TABLE_JS, table, column, want])
+    except sync_api.TimeoutError:
+        pytest.fail(f"table {table} never showed {want} in column {column}; it shows {page.evaluate(TABLE_JS, table)}")
+    return page.evaluate(TABLE_JS, table)
+
+
+def wait_for_metrics(page, want: dict) -> dict:
+    """Wait until every metric in `want` (label -> text) is shown; return all metrics."""
+    try:
+        page.wait_for_function(
+            """want => {
+                const m = {};
+                document.querySelectorAll('[data-testid="stMetric"]').forEach(e => {
+                    const l = e.querySelector('[data-testid="stMetricLabel"]');
+                    const v = e.querySelector('[data-testid="stMetricValue"]');
+                    if (l && v) m[l.innerText.trim()] = v.innerText.trim();
+                });
+                return Object.entries(want).every(([k, v]) => m[k] === v);
+            }""", arg=want)
+    except sync_api.TimeoutError:
+        pytest.fail(f"the page never showed {want}; it shows {state(page)['metrics']}")
+    return state(page)["metrics"]
+
+
+def value_map(page, title: str, count: int) -> dict:
+    """The value heatmap whose legend starts with `title`, once it holds `count` tokens."""
+    page.wait_for_function("([js, title, n]) => { const m = eval(js)(title); return m && m.values.length === n; }",
+                           arg=[VALUE_MAP_JS, title, count])
+    return page.evaluate(VALUE_MAP_JS, title)
+
+
+def assert_values(shown: dict, values: list[float | None]) -> None:
+    """data-value of each token equals `values`, and its colour is RdBu on the page's scale."""
+    assert [None if v == "" else float(v) for v in shown["values"]] == pytest.approx(values, abs=1e-6)
+    scale = render.symmetric_scale(values)
+    assert shown["colours"] == [rgb(render.diverging_colour(v, scale)) for v in values]
+
+
+def test_lens_tab_shows_the_cli_numbers(server, page, capsys):
+    base_url, _ = server
+    lens = cli_json(capsys, "lens", "--checkpoint", CHECKPOINT, "--text", TEXT_B)
+    R, n = lens["num_recursions"], len(lens["tokens"])
+    rows = [[s["next_token_nll"] for s in row] for row in lens["steps"][:-1]]
+    open_app(page, base_url, view="lens", text=TEXT_B)
+    wait_for_metrics(page, {f"Mean NLL after step {r + 1}": f"{sum(row[r] for row in rows) / len(rows):.4f}"
+                            for r in range(R)})
+    shown = value_map(page, "Next-token NLL fell by", n)
+    assert shown["text"] == TEXT_B
+    assert_values(shown, [row[0] - row[-1] for row in rows] + [None])
+
+    # A click on a row of the per-token table inspects that token: its per-step table is the CLI's.
+    i = 5
+    grid = page.locator('[data-testid="stDataFrame"]').nth(1)
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 15, box["y"] + 35 * (i + 1) + 17)  # the row's selection box (35 px rows)
+    page.wait_for_function(f"() => location.href.includes('tok={i}')")
+    page.get_by_text(f"Token {i} {lens['tokens'][i]!r}, depth {lens['depths'][i]} of {R}").wait_for()
+    steps = lens["steps"][i]
+    table = wait_for_column(page, 0, 3, [s["next_token_nll"] for s in steps])
+    assert [int(row[0]) for row in table] == [s["step"] for s in steps]
+    assert [row[4] for row in table] == [f"{s['top'][0][0]!r} {s['top'][0][1]:.3f}" for s in steps]
+
+    # The last step alone.
+    page.get_by_text(f"step {R - 1} → {R}", exact=True).click()
+    page.wait_for_function(f"() => location.href.includes('lstep={R}')")
+    page.wait_for_function("js => !!eval(js)('Next-token NLL fell by (step')", arg=VALUE_MAP_JS)
+    assert_values(page.evaluate(VALUE_MAP_JS, "Next-token NLL fell by"), [row[-2] - row[-1] for row in rows] + [None])
+    assert not page.dialogs
+
+
+def test_gain_tab_shows_the_cli_numbers(server, page, capsys):
+    base_url, _ = server
+    gain = cli_json(capsys, "gain", "--checkpoint", CHECKPOINT, "--text", TEXT_B)
+    R, n = gain["num_recursions"], len(gain["tokens"])
+    rows = gain["next_token_nll"][:-1]
+    open_app(page, base_url, view="gain", text=TEXT_B)
+    for cap in range(1, R):
+        if cap > 1:  # the slider one notch right
+            slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+            slider.focus()
+            slider.press("ArrowRight")
+            page.wait_for_function(f"() => location.href.includes('gcap={cap}')")
+        values = [row[cap - 1] for row in gain["gain"][:-1]]
+        wait_for_metrics(page, {
+            f"Mean NLL at cap {cap}": f"{sum(r[cap - 1] for r in rows) / len(rows):.4f}",
+            "Mean NLL at full depth": f"{sum(r[-1] for r in rows) / len(rows):.4f}",
+            "Tokens depth helped": str(sum(v > 0 for v in values)), "Tokens depth hurt": str(sum(v < 0 for v in values))})
+        assert_values(value_map(page, f"Gain from depth cap {cap}", n), values + [None])
+    # The depth heatmap beside it: the depths of `mor gain` at full depth, in the depth palette.
+    depth_map = page.evaluate(VALUE_MAP_JS, "Recursions taken")
+    assert [int(d) for d in depth_map["depths"]] == gain["depths"]
+    assert depth_map["colours"] == [rgb(render.depth_colour(d, R)) for d in gain["depths"]]
+    changed = gain["most_changed"][str(R - 1)]
+    gained = wait_for_column(page, 0, 5, [r["gain"] for r in changed["gained"]])
+    assert [int(r[0]) for r in gained] == [r["position"] for r in changed["gained"]]
+    assert not page.dialogs
+
+
+def test_corpus_page_shows_the_cli_numbers_and_rejects_binary(server, page, capsys, tmp_path):
+    base_url, _ = server
+    samples = tmp_path / "samples.txt"
+    samples.write_text(corpus_view.builtin_text("samples")[0], encoding="utf-8")
+    stats = cli_json(capsys, "stats", "--checkpoint", CHECKPOINT, "--text-file", str(samples))
+    open_app(page, base_url, "corpus-stats", corpus="samples")
+    wait_for_metrics(page, {"Tokens": f"{stats['tokens']:,}", "Windows": f"{stats['windows']:,}",
+                            "Mean depth": f"{stats['mean_depth']:.3f}"})
+    deepest = wait_for_column(page, 0, 3, [r["mean_depth"] for r in stats["deepest"]])
+    assert [(int(r[1]), int(r[2])) for r in deepest] == [(r["token_id"], r["count"]) for r in stats["deepest"]]
+
+    page.get_by_text("Upload a text file", exact=True).click()
+    page.get_by_text("Choose a text file to analyse.").wait_for()
+    upload = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    upload.set_input_files(files=[{"name": "photo.png", "mimeType": "image/png",
+                                   "buffer": b"\x89PNG\r\n\x1a\n" + bytes(range(256))}])
+    page.get_by_text("photo.png cannot be read: This file is not UTF-8 text (byte 0 is 0x89)").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    # Long enough (about 70 windows) for the progress bar to be seen while the pass runs.
+    text = "\n\n".join(SESSION_TEXTS * 60)
+    (tmp_path / "upload.txt").write_text(text, encoding="utf-8")
+    stats = cli_json(capsys, "stats", "--checkpoint", CHECKPOINT, "--text-file", str(tmp_path / "upload.txt"))
+    assert stats["windows"] > 20
+    upload.set_input_files(files=[{"name": "upload.txt", "mimeType": "text/plain", "buffer": text.encode()}])
+    page.locator('[data-testid="stProgress"]').first.wait_for()
+    assert "Running the corpus through the model" in page.locator('[data-testid="stProgress"]').first.inner_text()
+    page.get_by_text("Corpus: the uploaded file upload.txt.").wait_for()
+    assert page.locator('[data-testid="stProgress"]').count() == 0  # emptied when the pass is done
+    wait_for_metrics(page, {"Tokens": f"{stats['tokens']:,}", "Mean depth": f"{stats['mean_depth']:.3f}"})
+    assert not page.dialogs
+
+
+def test_injected_markup_in_the_new_views(server, page, model):
+    """The payload as text in the lens and gain tabs, and as a file's name and content on the
+    corpus page: shown as text everywhere, no alert fires, no element is injected."""
+    base_url, _ = server
+    n = len(expected(model, PAYLOAD)["tokens"])
+    open_app(page, base_url, view="lens", text=PAYLOAD)
+    assert value_map(page, "Next-token NLL fell by", n)["text"] == PAYLOAD
+    page.get_by_role("button", name="Lens (JSON)").wait_for()
+    open_app(page, base_url, view="gain", text=PAYLOAD)
+    assert value_map(page, "Gain from depth cap 1", n)["text"] == PAYLOAD
+    page.get_by_role("button", name="Where depth helped (JSON)").wait_for()
+    open_app(page, base_url, "corpus-stats", corpus="upload")
+    name = "<img src=x onerror=alert(3)>[x](javascript:alert(4)).txt"
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": name, "mimeType": "text/plain", "buffer": PAYLOAD.encode()}])
+    assert corpus_view.display_name(name) == "`_img src_x onerror_alert_3___x__javascript_alert_4__.txt`"
+    page.get_by_text("Corpus: the uploaded file _img src_x onerror_alert_3___x__javascript_alert_4__.txt.").wait_for()
+    page.get_by_role("button", name="Statistics (JSON)").wait_for()
+    page.wait_for_timeout(1000)  # give a script, had one been injected, time to run
+    assert page.dialogs == []
+    assert page.locator('img[src="x"]').count() == 0
 
 
 # ---- helpers ---------------------------------------------------------------------------------

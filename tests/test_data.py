@@ -267,3 +267,18 @@ def test_digits_are_single_tokens(tokenizer):
     text = "In 1987, 047+586=0633\n"
     pieces = tok.token_texts(tokenizer, tokenizer.encode(text))
     assert [p for p in pieces if any(c.isdigit() for c in p)] == list("1987047586") + list("0633")
+
+
+def test_token_cache_is_keyed_by_the_tokenizer(corpus, tmp_path):
+    from mor.data.windows import TokenData
+
+    out, _ = corpus
+    text = tmp_path / "t.txt"
+    text.write_text((out / "train.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    one = tok.train_tokenizer([text], vocab_size=400)
+    (tmp_path / "other.txt").write_text((out / "val.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    two = tok.train_tokenizer([tmp_path / "other.txt"], vocab_size=400)  # same size, other merges
+    a, b = TokenData.from_text_file(text, one), TokenData.from_text_file(text, two)
+    assert len(list(tmp_path.glob("t.*.u16"))) == 2
+    assert list(b.ids[:200]) != list(a.ids[:200])
+    assert list(TokenData.from_text_file(text, two).ids) == list(b.ids)  # the cache gives back the same ids

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the tokenizer's full definition (vocabulary, merges, pre-tokenizer)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
 
 
 @dataclass
@@ -18,12 +24,13 @@ class TokenData:
     @classmethod
     def from_text_file(cls, path: Path, tokenizer, cache_dir: Path | None = None) -> "TokenData":
         """Tokenize `path` (documents separated by blank lines, each ending in EOS); the ids are
-        cached beside it as raw uint16 keyed by file size and tokenizer vocabulary size."""
+        cached beside it as raw uint16, keyed by the file's size and a fingerprint of the tokenizer
+        (two tokenizers of one vocabulary size give different ids, so the size alone is no key)."""
         text_path = Path(path)
         if not text_path.is_file():
             raise FileNotFoundError(f"{text_path} not found; build the corpus with `mor data --out data`.")
         stat = text_path.stat()
-        cache = (cache_dir or text_path.parent) / f"{text_path.stem}.{stat.st_size}.{len(tokenizer)}.u16"
+        cache = (cache_dir or text_path.parent) / f"{text_path.stem}.{stat.st_size}.{tokenizer_fingerprint(tokenizer)}.u16"
         if cache.is_file():
             return cls(np.fromfile(cache, dtype=np.uint16))
         docs = [d for d in text_path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
