@@ -4,6 +4,7 @@
     mor data --out data                   build the corpus and tokenizer (mor/data/cli.py)
     mor train --preset mor-ec-r3 ...      train a checkpoint (mor/training/loop.py)
     mor eval / trace / probe              evaluate, trace and probe a checkpoint (mor/analysis/cli.py)
+    mor lens / gain / stats               what each recursion changed, where depth helped, depth over a corpus
     mor results --out docs                regenerate docs/results.md (mor/analysis/results.py)
     mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/analysis/bench.py)
 
