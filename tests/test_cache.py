@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Cache, DynamicCache
 
-from conftest import tiny_model
+from helpers import tiny_model
 from mor.model.cache import GROWTH_BLOCK
 
 PER_TOKEN = 2 * 2 * 8 * 4  # K and V, 2 kv heads, head dim 8, float32

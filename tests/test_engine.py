@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import mor
-from conftest import generated, tiny_model
+from helpers import generated, tiny_model
 from mor.analysis import bench
 from mor.inference.engine import Engine, naive_generate
 

@@ -16,7 +16,7 @@ import torch
 from transformers import TextIteratorStreamer, TextStreamer, pipeline
 
 import mor
-from conftest import KV_CACHES, ROUTINGS, SHARINGS, generated, tiny_model
+from helpers import KV_CACHES, ROUTINGS, SHARINGS, generated, tiny_model
 from mor.inference.engine import Engine
 from mor.model.modeling import MoRGenerateBeamOutput, MoRGenerateOutput
 from reference import reference_forward

@@ -22,7 +22,7 @@ from mor.analysis.lens import prediction_windows
 from mor.cli import main
 from mor.data import train_tokenizer
 
-from conftest import ROUTINGS, tiny_model
+from helpers import ROUTINGS, tiny_model
 from reference import _layer, _rms
 
 # Every routing, the sharings without a coda layer (cycle, sequence), shared KV, and N_r = 1 (vanilla).

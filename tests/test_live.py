@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import generated, tiny_model
+from helpers import generated, tiny_model
 from mor.inference.live import measure_decode, stream_generate
 
 

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import mor
-from conftest import tiny_model
+from helpers import tiny_model
 from mor import CheckpointError
 
 VOCAB = 300

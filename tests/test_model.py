@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import KV_CACHES, ROUTINGS, SHARINGS, tiny_config, tiny_model
+from helpers import KV_CACHES, ROUTINGS, SHARINGS, tiny_config, tiny_model
 from mor import MoRConfig, MoRForCausalLM
 from mor.model.policy import DepthPolicy
 from reference import reference_forward

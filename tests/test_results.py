@@ -12,7 +12,7 @@ from mor.analysis import report, results
 from mor.data.tokenizer import train_tokenizer
 from mor.model.loading import save_checkpoint
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 def row(name: str, R: int, caps: list[float], **extra) -> dict:

@@ -21,7 +21,7 @@ from mor.analysis import stats
 from mor.cli import main
 from mor.data import token_texts, train_tokenizer
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 CORPUS = ("The cat sat on the mat. The dog sat on the log, and then the cat and the dog ran into the garden "
           "where the sun was warm in 1648. A bird flew over the house and sang: la, la, la!\n\n")

@@ -9,7 +9,7 @@ import torch
 
 from mor import analysis
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 @pytest.mark.parametrize("n,context,stride", [(1, 8, None), (8, 8, None), (9, 8, None), (50, 8, 3), (50, 8, 8), (1000, 512, None)])
