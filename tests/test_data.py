@@ -51,6 +51,7 @@ def tokenizer(corpus):
     return tok.train_tokenizer([sample], vocab_size=1000)
 
 
+@pytest.mark.slow
 def test_corpus_files_and_sources(corpus):
     out, summary = corpus
     for name in ("train.txt", "val.txt", "sources.json"):
@@ -66,6 +67,7 @@ def test_corpus_files_and_sources(corpus):
         assert info["chars"]["train"] > 1_000_000
 
 
+@pytest.mark.slow
 def test_corpus_is_deterministic(corpus, tmp_path):
     out, _ = corpus
     corpus_lib.build_corpus(tmp_path)
@@ -73,6 +75,7 @@ def test_corpus_is_deterministic(corpus, tmp_path):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_splits_are_disjoint_and_clean(corpus, play_texts):
     out, summary = corpus
     train, val = documents(out / "train.txt"), documents(out / "val.txt")
@@ -88,6 +91,7 @@ def test_splits_are_disjoint_and_clean(corpus, play_texts):
         assert markup not in plays
 
 
+@pytest.mark.slow
 def test_play_chunks_share_a_split_per_scene(corpus, play_texts):
     out, summary = corpus
     header_splits: dict[str, set[str]] = {}
@@ -136,6 +140,7 @@ def test_byte_table_matches_tokenizers():
     assert sorted(tok._BYTE_DECODER.values()) == list(range(256))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAMPLES)
 def test_round_trip_and_token_texts(tokenizer, name):
     text = SAMPLES[name]
@@ -147,6 +152,7 @@ def test_round_trip_and_token_texts(tokenizer, name):
     assert all("\ufffd" not in piece for piece in pieces)
 
 
+@pytest.mark.slow
 def test_token_texts_matches_decode_on_arbitrary_ids(tokenizer):
     # Random ids make invalid UTF-8 (lone continuation bytes, cut characters): the pieces
     # must still join to decode(), including where it puts U+FFFD.
@@ -159,6 +165,7 @@ def test_token_texts_matches_decode_on_arbitrary_ids(tokenizer):
     assert tok.token_texts(tokenizer, []) == []
 
 
+@pytest.mark.slow
 def test_tokenizer_special_tokens(tokenizer):
     eot = tokenizer.convert_tokens_to_ids(tok.END_OF_TEXT)
     assert tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id == eot
@@ -166,6 +173,7 @@ def test_tokenizer_special_tokens(tokenizer):
     assert tokenizer("plain text")["input_ids"] == tokenizer.encode("plain text")  # no bos/eos added
 
 
+@pytest.mark.slow
 def test_save_and_reload_offline(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
@@ -175,6 +183,7 @@ def test_save_and_reload_offline(tokenizer, tmp_path):
     assert reloaded.eos_token == tok.END_OF_TEXT
 
 
+@pytest.mark.slow
 def test_cli_builds_corpus_and_tokenizer(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="mor")
     data_cli.register_cli(parser.add_subparsers(dest="command", required=True))
@@ -201,6 +210,7 @@ def test_cli_reports_a_missing_package(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "train.txt").exists()
 
 
+@pytest.mark.slow
 def test_every_source_is_recorded_with_its_licence(corpus):
     _, summary = corpus
     assert set(summary["sources"]) == set(sources.LANGUAGE_SOURCES)
@@ -212,6 +222,7 @@ def test_every_source_is_recorded_with_its_licence(corpus):
         assert info["chars"]["train"] > 200_000, name
 
 
+@pytest.mark.slow
 def test_v1_validation_split_stays_inside_v2(tmp_path):
     # The split of a group depends only on its id: adding sources never moves an old document.
     v1 = corpus_lib.build_corpus(tmp_path / "v1", [sources.wikipedia_source, plays.shakespeare_source])
@@ -222,6 +233,7 @@ def test_v1_validation_split_stays_inside_v2(tmp_path):
     assert not v1_val & set(documents(tmp_path / "v2" / "train.txt"))
 
 
+@pytest.mark.slow
 def test_sources_are_plain_text():
     docs = {name: build().documents for name, build in sources.LANGUAGE_SOURCES.items()
             if name in ("bible", "devil", "jargon", "python-docs")}
@@ -263,12 +275,14 @@ def test_missing_debian_package_names_the_apt_command(monkeypatch):
         sources.devil_source()
 
 
+@pytest.mark.slow
 def test_digits_are_single_tokens(tokenizer):
     text = "In 1987, 047+586=0633\n"
     pieces = tok.token_texts(tokenizer, tokenizer.encode(text))
     assert [p for p in pieces if any(c.isdigit() for c in p)] == list("1987047586") + list("0633")
 
 
+@pytest.mark.slow
 def test_token_cache_is_keyed_by_the_tokenizer(corpus, tmp_path):
     from mor.data.windows import TokenData
 

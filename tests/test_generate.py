@@ -35,10 +35,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """mor-ec-r3 (expert-choice, 3 recursions) with a left-padding tokenizer, end-of-text off so
-    every call decodes its full budget unless a test asks otherwise."""
-    model, tokenizer = mor.load("mor-ec-r3", device="cpu")
+def shipped(checkpoint_name):
+    """The preferred routed checkpoint (mor-ec-r3: expert-choice, 3 recursions) with a left-padding
+    tokenizer, end-of-text off so every call decodes its full budget unless a test asks otherwise."""
+    model, tokenizer = mor.load(checkpoint_name, device="cpu")
     model.generation_config.eos_token_id = None
     tokenizer.padding_side = "left"
     return model, tokenizer

@@ -54,6 +54,7 @@ def test_mor_never_imports_the_app():
         assert "app" not in mor_imports(module), module
 
 
+@pytest.mark.slow
 def test_checkpoints_are_found_from_any_directory(tmp_path):
     code = "import mor; print(len(mor.list_checkpoints()))"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)

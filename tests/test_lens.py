@@ -22,7 +22,7 @@ from mor.analysis.lens import prediction_windows
 from mor.cli import main
 from mor.data import train_tokenizer
 
-from helpers import ROUTINGS, tiny_model
+from helpers import ROUTINGS, shipped_checkpoints, tiny_model
 from reference import _layer, _rms
 
 # Every routing, the sharings without a coda layer (cycle, sequence), shared KV, and N_r = 1 (vanilla).
@@ -224,7 +224,7 @@ def test_most_changed_ranks_by_gain(tokenizer):
 
 # ---- shipped checkpoints and the CLI -----------------------------------------------------------
 
-SHIPPED = [f.name for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
+SHIPPED = [f.name for f in shipped_checkpoints()]
 
 
 def run_json(capsys, *argv) -> dict:
@@ -232,7 +232,7 @@ def run_json(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_cli_lens_and_gain_on_every_shipped_checkpoint(name, capsys):
     text = "To be, or not to be, that is the question."
@@ -253,8 +253,6 @@ def test_cli_lens_and_gain_on_every_shipped_checkpoint(name, capsys):
 
 
 def test_cli_lens_reports_bad_input(capsys):
-    if not SHIPPED:
-        pytest.skip("no shipped checkpoints")
     assert main(["lens", "--checkpoint", SHIPPED[0]]) == 2
     assert "give --text or --text-file" in capsys.readouterr().err
     assert main(["lens", "--checkpoint", SHIPPED[0], "--text", "hi", "--depth-cap", "9"]) == 2

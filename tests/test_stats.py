@@ -21,7 +21,7 @@ from mor.analysis import stats
 from mor.cli import main
 from mor.data import token_texts, train_tokenizer
 
-from helpers import tiny_model
+from helpers import shipped_checkpoints, tiny_model
 
 CORPUS = ("The cat sat on the mat. The dog sat on the log, and then the cat and the dog ran into the garden "
           "where the sun was warm in 1648. A bird flew over the house and sang: la, la, la!\n\n")
@@ -218,10 +218,10 @@ def test_cli_stats_prints_the_same_json(saved, capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
-SHIPPED = [f.name for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
+SHIPPED = [f.name for f in shipped_checkpoints()]
 
 
-@pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_stats_on_every_shipped_checkpoint(name):
     model, tokenizer = mor.load(name, device="cpu")
