@@ -1,11 +1,9 @@
-"""MoR Lens app entry: `streamlit run app/main.py`. Navigation only; pages live in app_pages/."""
+"""MoR Lens app entry: `streamlit run app/main.py`. Navigation only; pages live in app_pages/ and
+import the package's modules as `from app import ...` (the package convention: app/__init__.py)."""
 
-import sys
 from pathlib import Path
 
 import streamlit as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # so pages can `import common`
 
 st.set_page_config(page_title="MoR Lens", page_icon="🔁", layout="wide")
 

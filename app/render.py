@@ -1,6 +1,12 @@
-"""Trace dicts (`mor.analysis.Trace.to_json()`) and per-token values to HTML. Pure functions: no
-Streamlit, no model. One token renderer (`span`) serves the depth heatmap (viridis by depth) and
-the value heatmaps of the recursion lens and "where depth helped" (RdBu, diverging around 0).
+"""Every piece of HTML the app draws, from plain data (trace dicts, token texts and depths, plans):
+pure functions, no Streamlit, no model. One renderer per kind of thing:
+
+- tokens: `span` is the one token renderer. `depth_text_html` draws tokens coloured by depth
+  (viridis), optionally outlined ("marked") and after a grey prefix; `heatmap_html` is the same
+  with each token's router scores and NLL in its tooltip; `value_heatmap_html` colours tokens by a
+  signed value (RdBu, diverging around 0). `legend_html` / `legend_block` is the one depth legend.
+- diagrams of the "How MoR works" page: the sharing plan, the KV-cache grid (drawn from
+  `mor.analysis.kv.cache_states`), the depth-wise batching grid; and the live decode's rows.
 
 Every piece of text that came from the user or the tokenizer goes through `html.escape(...,
 quote=True)` before it lands in element content or in an attribute, so a token such as
@@ -24,6 +30,8 @@ HEATMAP_CSS = """
 .mor-heatmap .mor-text{white-space:pre-wrap;word-break:break-word}
 .mor-heatmap .mor-tok{border-radius:3px;padding:1px 0;cursor:help}
 .mor-heatmap .mor-tok:hover{outline:2px solid #e4572e}
+.mor-heatmap .mor-marked{outline:3px solid #d62728;outline-offset:-1px}
+.mor-heatmap .mor-prefix{color:#777}
 .mor-heatmap .mor-mark{opacity:.6}
 .mor-heatmap .mor-legend{font-family:system-ui,sans-serif;font-size:13px;margin-bottom:.6em}
 .mor-heatmap .mor-swatch{display:inline-block;padding:0 .6em;margin-right:.3em;border-radius:3px}
@@ -83,13 +91,17 @@ SCORE_LABELS = {
 DEFAULT_SCORE_LABEL = SCORE_LABELS["expert_choice"]
 
 
+def depth_tooltip(token: str, depth: int, num_recursions: int) -> str:
+    """Plain-text tooltip of one token (not yet escaped): its text and depth."""
+    return f"token {token!r}\ndepth {depth} of {num_recursions}"
+
+
 def token_tooltip(token: str, depth: int, num_recursions: int, scores: list[float | None],
                   nll: float | None, score_label: str = DEFAULT_SCORE_LABEL) -> str:
-    """Plain-text tooltip of one token (not yet escaped): its text, depth, scores and NLL."""
+    """`depth_tooltip` followed by the token's router scores and NLL."""
     step_scores = " / ".join(_fmt(s) for s in scores)
     return "\n".join([
-        f"token {token!r}",
-        f"depth {depth} of {num_recursions}",
+        depth_tooltip(token, depth, num_recursions),
         f"{score_label}: {step_scores}",
         f"NLL {_fmt(nll)} nats" if nll is not None else "NLL - (first token: nothing to predict it from)",
     ])
@@ -107,18 +119,31 @@ def _visible_text(token: str) -> str:
     return '<span class="mor-mark">↵</span><br>'.join(lines)
 
 
-def span(token: str, background: str, tooltip: str, data: dict[str, object]) -> str:
+def span(token: str, background: str, tooltip: str, data: dict[str, object], marked: bool = False) -> str:
     """One token as a span on `background` (a "#rrggbb" colour made here), with its plain-text
-    `tooltip` and `data` as data-* attributes, all escaped: the one token renderer of the app."""
+    `tooltip` and `data` as data-* attributes, all escaped; `marked` outlines it in red. The one
+    token renderer of the app."""
     attrs = "".join(f' data-{key}="{html.escape(str(value), quote=True)}"' for key, value in data.items())
-    return (f'<span class="mor-tok"{attrs} style="background:{background};color:{text_colour(background)}" '
+    return (f'<span class="mor-tok{" mor-marked" if marked else ""}"{attrs} '
+            f'style="background:{background};color:{text_colour(background)}" '
             f'title="{html.escape(tooltip, quote=True)}">{_visible_text(token)}</span>')
 
 
-def token_span(token: str, depth: int, num_recursions: int, scores: list[float | None],
-               nll: float | None, score_label: str = DEFAULT_SCORE_LABEL) -> str:
-    tooltip = token_tooltip(token, depth, num_recursions, scores, nll, score_label)
-    return span(token, depth_colour(depth, num_recursions), tooltip, {"depth": int(depth)})
+def depth_span(token: str, depth: int, num_recursions: int, tooltip: str | None = None, marked: bool = False) -> str:
+    """A token on its depth's colour, its depth in data-depth (`depth_tooltip` unless `tooltip`)."""
+    tooltip = depth_tooltip(token, depth, num_recursions) if tooltip is None else tooltip
+    return span(token, depth_colour(depth, num_recursions), tooltip, {"depth": int(depth)}, marked)
+
+
+def depth_text_html(tokens: list[str], depths: list[int], num_recursions: int, marked: set[int] | None = None,
+                    prefix: str = "", style: bool = True) -> str:
+    """Tokens coloured by depth, without a legend, after `prefix` in plain grey (a prompt, say);
+    tokens whose index is in `marked` are outlined in red."""
+    marked = marked or set()
+    lead = f'<span class="mor-prefix">{html.escape(prefix, quote=True)}</span>' if prefix else ""
+    spans = "".join(depth_span(token, depth, num_recursions, marked=i in marked)
+                    for i, (token, depth) in enumerate(zip(tokens, depths)))
+    return text_block(lead + spans, style=style)
 
 
 def swatch(label: str, background: str, attrs: str = "") -> str:
@@ -128,7 +153,8 @@ def swatch(label: str, background: str, attrs: str = "") -> str:
 
 
 def legend_html(num_recursions: int, counts: dict[str, int] | None = None) -> str:
-    """Swatches for depth 1..N_r, with the number of tokens at each depth when given."""
+    """Swatches for depth 1..N_r, with the number of tokens at each depth when given (the one
+    depth legend: inside a heatmap, or on its own through `legend_block`)."""
     swatches = []
     for depth in range(1, num_recursions + 1):
         label = f"{depth}" if counts is None else f"{depth} ({int(counts.get(str(depth), 0))} tokens)"
@@ -145,7 +171,7 @@ def heatmap_html(trace: dict, *, routing: str = "expert_choice", legend: bool = 
     R = int(trace["num_recursions"])
     label = SCORE_LABELS.get(routing, DEFAULT_SCORE_LABEL)
     spans = "".join(
-        token_span(token, depth, R, scores, nll, label)
+        depth_span(token, depth, R, token_tooltip(token, depth, R, scores, nll, label))
         for token, depth, scores, nll in zip(trace["tokens"], trace["depths"], trace["router_scores"],
                                              trace["token_nll"]))
     return text_block(spans, legend_html(R, trace.get("depth_histogram")) if legend else "", style)
@@ -155,6 +181,11 @@ def text_block(spans: str, legend: str = "", style: bool = True) -> str:
     """The heatmap container: optional <style>, a legend (HTML made here) and the token spans."""
     return ('<div class="mor-heatmap">' + (f"<style>{HEATMAP_CSS}</style>" if style else "") + legend
             + f'<div class="mor-text">{spans}</div></div>')
+
+
+def legend_block(num_recursions: int, style: bool = True) -> str:
+    """The depth legend alone, for token rows drawn without one (`depth_text_html`)."""
+    return text_block("", legend_html(num_recursions), style)
 
 
 # ---- heatmaps of a signed value (NLL changes) -------------------------------------------------
@@ -236,3 +267,101 @@ def standalone_heatmap_html(trace: dict, routing: str = "expert_choice") -> str:
         f"{heatmap_html(trace, routing=routing, style=False)}"
         "<p><small>Made with MoR Lens.</small></p></body></html>\n"
     )
+
+
+# ---- the live decode's rows ---------------------------------------------------------------------
+
+def decode_rows_html(prompt: str, rows: list[tuple[list[str], list[int]]], num_recursions: int,
+                     distinct: int, total: int) -> str:
+    """The depth legend, then each row's tokens (text, depth) coloured by depth after the prompt,
+    and a note of how many distinct rows of `total` there are (identical rows are drawn once)."""
+    blocks = "".join('<div style="margin:6px 0">'
+                     f'{depth_text_html(texts, depths, num_recursions, prefix=prompt, style=False)}</div>'
+                     for texts, depths in rows)
+    note = (f'<div style="font-size:0.8rem;color:#777">{distinct} distinct row(s) shown of '
+            f'{total}; identical rows are shown once.</div>')
+    return legend_block(num_recursions) + blocks + note
+
+
+# ---- diagrams of "How MoR works" ---------------------------------------------------------------
+
+# Okabe-Ito: a categorical palette distinguishable with the common colour-vision deficiencies.
+# Unique layers are categories (A is not "more" than B), so they get these rather than a ramp;
+# the letter in each box tells layers apart once colours repeat.
+UNIQUE_COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+GRID_TABLE = ('<div style="overflow-x:auto"><table style="border-collapse:separate;border-spacing:2px;'
+              'font-family:ui-monospace,monospace;font-size:0.8rem">')
+ROW_HEAD = '<th style="text-align:left;padding-right:8px;white-space:nowrap">'
+
+
+def plan_text(groups: list[tuple[str, list[int]]]) -> str:
+    """A sharing plan's groups (label, unique layers) as letters separated by "|": "A | BC | BC | D"."""
+    return " | ".join("".join(LETTERS[u] for u in layers) for _, layers in groups)
+
+
+def sharing_diagram(groups: list[tuple[str, list[int]]]) -> str:
+    """One box per effective layer (numbered from the input), lettered and coloured by the unique
+    layer whose parameters it uses, grouped as in `groups` (label, unique layers)."""
+    boxes, effective = [], 0
+    for label, layers in groups:
+        cells = []
+        for u in layers:
+            effective += 1
+            bg = UNIQUE_COLORS[u % len(UNIQUE_COLORS)]
+            cells.append(
+                f'<div title="effective layer {effective} uses unique layer {LETTERS[u]}" '
+                f'style="width:38px;text-align:center">'
+                f'<div style="background:{bg};color:{text_colour(bg)};border-radius:4px;font-weight:700;'
+                f'padding:8px 0">{LETTERS[u]}</div>'
+                f'<div style="font-size:0.7rem;color:#777">{effective}</div></div>')
+        boxes.append(
+            f'<div style="border:1px dashed #aaa;border-radius:6px;padding:4px 6px;margin:0 6px 6px 0">'
+            f'<div style="font-size:0.75rem;color:#555;margin-bottom:3px">{html.escape(label)}</div>'
+            f'<div style="display:flex;gap:4px">{"".join(cells)}</div></div>')
+    return f'<div style="display:flex;flex-wrap:wrap;align-items:flex-end">{"".join(boxes)}</div>'
+
+
+KV_MARKS = {"cached": "●", "reads step 1": "↺", "exited": "·"}  # by mor.analysis.kv.CACHE_STATES
+
+
+def kv_grid_html(tokens: list[str], states: list[list[str]], num_recursions: int, max_tokens: int) -> str:
+    """Table, steps x tokens (the first `max_tokens`), of `mor.analysis.kv.cache_states`: ● the step
+    stores this token's K/V (on the step's depth colour), ↺ the token takes the step but reuses
+    step 1's K/V, · the token exited before this step."""
+    tokens, states = tokens[:max_tokens], states[:max_tokens]
+    colors = depth_palette(num_recursions)
+    head = "".join(f'<th style="padding:2px 4px;font-weight:400;white-space:pre">{html.escape(repr(t)[1:-1])}</th>'
+                   for t in tokens)
+    rows = []
+    for r in range(1, num_recursions + 1):
+        cells = []
+        for row in states:
+            state = row[r - 1]
+            bg = colors[r] if state == "cached" else "transparent"
+            color = text_colour(bg) if bg != "transparent" else "inherit"
+            cells.append(f'<td style="text-align:center;background:{bg};color:{color}">{KV_MARKS[state]}</td>')
+        rows.append(f'<tr>{ROW_HEAD}step {r}</th>{"".join(cells)}</tr>')
+    return f'{GRID_TABLE}<tr><th></th>{head}</tr>{"".join(rows)}</table></div>'
+
+
+def batching_grid(run: dict, max_columns: int) -> str:
+    """Table, requests x engine iterations, of a depth-wise batching run: the recursion step each
+    request's current token took in that iteration, coloured like the heatmap's depths; empty when
+    the request had no token in the block (waiting for a slot, or finished)."""
+    R = run["num_recursions"]
+    columns = [dict(c) for c in run["columns"][:max_columns]]
+    head = "".join(f'<th style="font-weight:400;padding:0 2px">{i + 1}</th>' for i in range(len(columns)))
+    rows = []
+    for req in range(run["requests"]):
+        cells = []
+        for col in columns:
+            step = col.get(req)
+            if step is None:
+                cells.append("<td></td>")
+                continue
+            bg = depth_colour(int(step), R)
+            cells.append(f'<td style="text-align:center;min-width:1.3em;background:{bg};'
+                         f'color:{text_colour(bg)}">{int(step)}</td>')
+        rows.append(f'<tr>{ROW_HEAD}request {req + 1}</th>{"".join(cells)}</tr>')
+    return f'{GRID_TABLE}<tr><th style="text-align:left">iteration</th>{head}</tr>{"".join(rows)}</table></div>'

@@ -215,8 +215,7 @@ PAGES = {p.name: p for p in [
 
 def default_checkpoint() -> str | None:
     """mor-ec-r3 when shipped, else the first checkpoint folder holding weights."""
-    sys.path.insert(0, str(ROOT))
-    import mor
+    import mor  # installed with the app (`pip install -e .`), like the `app` package the server imports
 
     names = [f.name for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
     if PREFERRED_CHECKPOINT in names:

@@ -18,7 +18,6 @@ message naming the broken file, without a traceback, and never unpickle anything
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -27,11 +26,13 @@ import pytest
 
 import mor
 from mor import analysis
-from mor.model.loading import load_config
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app import corpus_stats as corpus_module  # noqa: E402  (the corpus page's module; AppTest's run shares it)
+
+pytestmark = pytest.mark.slow  # every test runs whole pages on a real checkpoint
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 PAGES = ("heatmap", "scaling", "kv_memory", "compare", "learn", "throughput", "corpus")
 TABS = {"lens": "lens", "gain": "gain"}  # heatmap-page tabs in the text matrix: name -> ?view=
@@ -52,20 +53,15 @@ HOSTILE = {
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """(name, folder) of the smallest shipped expert-choice checkpoint with weights."""
-    folders = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
-    if not folders:
-        pytest.skip("no shipped checkpoint found (train one, or set MOR_CHECKPOINTS)")
-    folder = min(folders, key=lambda f: (load_config(f).routing != "expert_choice",
-                                         (f / "model.safetensors").stat().st_size))
-    return folder.name, folder
+def shipped(checkpoint_name):
+    """(name, folder) of the shipped checkpoint the pages are opened on."""
+    return checkpoint_name, mor.resolve_checkpoint(checkpoint_name)
 
 
 @pytest.fixture(scope="module")
-def reference(shipped):
-    """The checkpoint loaded here; `reference(text)` is the trace the pages should show."""
-    model, tokenizer = mor.load(shipped[0], device="cpu")
+def reference(checkpoint):
+    """The same checkpoint, loaded here; `reference(text)` is the trace the pages should show."""
+    model, tokenizer = checkpoint
     cache = {}
 
     def trace(text: str) -> dict:
@@ -222,11 +218,8 @@ FILE_CAP = 20_000  # the page's character cap, lowered for the test so a "huge" 
 @pytest.fixture
 def corpus_view(monkeypatch):
     """The corpus page's module (shared with AppTest's run of the page), its cap lowered to FILE_CAP."""
-    monkeypatch.syspath_prepend(str(Path(MAIN).parent))
-    import corpus_view
-
-    monkeypatch.setattr(corpus_view, "MAX_CHARS", FILE_CAP)
-    return corpus_view
+    monkeypatch.setattr(corpus_module, "MAX_CHARS", FILE_CAP)
+    return corpus_module
 
 
 def upload(name: str, data: bytes) -> AppTest:
@@ -361,4 +354,3 @@ def test_good_checkpoints_still_load_beside_a_broken_one(shipped, tmp_path, monk
     at = open_page(name, "heatmap")
     no_exception(at, "heatmap with a good checkpoint")
     assert metrics(at, "Tokens")
-    assert os.environ["MOR_CHECKPOINTS"] == str(folder.parent)

@@ -1,32 +1,31 @@
 """The recursion lens and "where depth helped" tabs of the heatmap page and the Corpus statistics
 page, through Streamlit's AppTest on a shipped checkpoint: every number the page shows is compared
-with the JSON that `mor lens`, `mor gain` and `mor stats` print for the same text."""
+with the JSON that `mor lens`, `mor gain` and `mor stats` print for the same text. (The value-heatmap
+tests at the top are quick unit tests of app/render.py; the rest are marked slow.)"""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 import mor
+from helpers import shipped_checkpoints
 from mor.cli import main
 from mor.model.loading import load_config
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-APP = Path(__file__).resolve().parent.parent / "app"
-sys.path.insert(0, str(APP))
-import corpus_view  # noqa: E402  (the page's module: the tests move its corpus path and cap)
-import render  # noqa: E402
+from app import corpus_stats, render  # noqa: E402  (corpus_stats: the tests move its corpus path and cap)
 
+APP = Path(__file__).resolve().parent.parent / "app"
 TEXT = "In 1648 the Peace of Westphalia ended the Thirty Years' War, and the old empire never recovered."
-SHIPPED = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
-needs_checkpoint = pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints (set MOR_CHECKPOINTS or train one)")
+# Every shipped checkpoint, read at collection: missing checkpoints fail loudly instead of collecting nothing.
+SHIPPED = shipped_checkpoints()
 
 
 # ---- the value heatmap (app/render.py), pure functions ------------------------------------------
@@ -73,11 +72,9 @@ def test_symmetric_scale_ignores_outliers_and_rounds_up():
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
-    """(name, config) of the smallest expert-choice checkpoint (else the smallest of any kind)."""
-    folder = min(SHIPPED, key=lambda f: (load_config(f).routing != "expert_choice",
-                                         (f / "model.safetensors").stat().st_size))
-    return folder.name, load_config(folder)
+def named_config(checkpoint_name):
+    """(name, config) of the checkpoint the pages are opened on."""
+    return checkpoint_name, load_config(mor.resolve_checkpoint(checkpoint_name))
 
 
 def cli_json(capsys, *argv) -> dict:
@@ -110,9 +107,9 @@ def span_values(at: AppTest, title: str) -> list[float | None]:
 
 # ---- the recursion lens -------------------------------------------------------------------------
 
-@needs_checkpoint
-def test_lens_tab_shows_the_cli_numbers(checkpoint, capsys):
-    name, cfg = checkpoint
+@pytest.mark.slow
+def test_lens_tab_shows_the_cli_numbers(named_config, capsys):
+    name, cfg = named_config
     R = cfg.num_recursions
     lens = cli_json(capsys, "lens", "--checkpoint", name, "--text", TEXT)
     at = open_app(ckpt=name, text=TEXT, view="lens")
@@ -143,12 +140,10 @@ def check_step_table(at: AppTest, lens: dict, i: int) -> None:
     assert table["top_1"].tolist() == [f"{s['top'][0][0]!r} {s['top'][0][1]:.3f}" for s in steps]
 
 
-@needs_checkpoint
-def test_lens_tab_picker_and_step_choice_follow_the_url(checkpoint, capsys):
-    name, cfg = checkpoint
-    R = cfg.num_recursions
-    if R < 2:
-        pytest.skip("needs a recursive checkpoint")
+@pytest.mark.slow
+def test_lens_tab_picker_and_step_choice_follow_the_url(named_config, capsys):
+    name, cfg = named_config
+    R = cfg.num_recursions  # two or more (the fixture's checkpoint is recursive)
     lens = cli_json(capsys, "lens", "--checkpoint", name, "--text", TEXT)
     at = open_app(ckpt=name, text=TEXT, view="lens", tok="3", lstep=str(R))
     picker = next(s for s in at.selectbox if s.label == "Token to inspect")
@@ -166,12 +161,10 @@ def test_lens_tab_picker_and_step_choice_follow_the_url(checkpoint, capsys):
 
 # ---- where depth helped ---------------------------------------------------------------------------
 
-@needs_checkpoint
-def test_gain_tab_shows_the_cli_numbers(checkpoint, capsys):
-    name, cfg = checkpoint
-    R = cfg.num_recursions
-    if R < 2:
-        pytest.skip("needs a recursive checkpoint")
+@pytest.mark.slow
+def test_gain_tab_shows_the_cli_numbers(named_config, capsys):
+    name, cfg = named_config
+    R = cfg.num_recursions  # two or more (the fixture's checkpoint is recursive)
     gain = cli_json(capsys, "gain", "--checkpoint", name, "--text", TEXT)
     at = open_app(ckpt=name, text=TEXT, view="gain")
     for cap in range(1, R):
@@ -198,7 +191,7 @@ def test_gain_tab_shows_the_cli_numbers(checkpoint, capsys):
     assert colours == [render.diverging_colour(v, scale) for v in [*values, None]]
 
 
-@needs_checkpoint
+@pytest.mark.slow
 def test_single_step_checkpoint_says_so(capsys):
     vanilla = [f.name for f in SHIPPED if load_config(f).num_recursions == 1]
     if not vanilla:
@@ -239,12 +232,12 @@ def check_tables(at: AppTest, result: dict) -> None:
     assert shallowest["mean_depth"].tolist() == pytest.approx([r["mean_depth"] for r in result["shallowest"]])
 
 
-@needs_checkpoint
-def test_corpus_page_defaults_to_the_validation_split(checkpoint, capsys, tmp_path, monkeypatch):
-    name, _ = checkpoint
+@pytest.mark.slow
+def test_corpus_page_defaults_to_the_validation_split(named_config, capsys, tmp_path, monkeypatch):
+    name, _ = named_config
     val = tmp_path / "val.txt"
     val.write_text(CORPUS, encoding="utf-8")
-    monkeypatch.setattr(corpus_view, "VAL_PATH", val)
+    monkeypatch.setattr(corpus_stats, "VAL_PATH", val)
     result = cli_json(capsys, "stats", "--checkpoint", name, "--text-file", str(val))
     at = open_app("corpus.py", ckpt=name)
     assert at.radio(key="corpus_source").value == "val"
@@ -260,16 +253,16 @@ def test_corpus_page_defaults_to_the_validation_split(checkpoint, capsys, tmp_pa
     check_tables(at, cli_json(capsys, "stats", "--checkpoint", name, "--text-file", str(val), "--min-count", "5"))
 
 
-@needs_checkpoint
-def test_corpus_page_without_a_validation_split_uses_the_samples(checkpoint, capsys, tmp_path, monkeypatch):
-    name, cfg = checkpoint
-    monkeypatch.setattr(corpus_view, "VAL_PATH", tmp_path / "missing" / "val.txt")
+@pytest.mark.slow
+def test_corpus_page_without_a_validation_split_uses_the_samples(named_config, capsys, tmp_path, monkeypatch):
+    name, cfg = named_config
+    monkeypatch.setattr(corpus_stats, "VAL_PATH", tmp_path / "missing" / "val.txt")
     at = open_app("corpus.py", ckpt=name)
     assert at.radio(key="corpus_source").options == ["The app's sample texts", "Upload a text file"]
     assert any("No validation split at" in c.value and "mor data --out data" in c.value for c in at.caption)
     assert any("the app's 3 sample texts" in c.value for c in at.caption)
     samples = tmp_path / "samples.txt"
-    samples.write_text(corpus_view.builtin_text("samples")[0], encoding="utf-8")
+    samples.write_text(corpus_stats.builtin_text("samples")[0], encoding="utf-8")
     result = cli_json(capsys, "stats", "--checkpoint", name, "--text-file", str(samples))
     assert shown_stats(at) == expected_shown(result)
     if cfg.routing == "expert_choice":
@@ -278,9 +271,9 @@ def test_corpus_page_without_a_validation_split_uses_the_samples(checkpoint, cap
             assert metric(at, label) == f"{100 * step['above_threshold']:.1f}%"
 
 
-@needs_checkpoint
-def test_corpus_page_analyses_an_upload_like_the_cli(checkpoint, capsys, tmp_path):
-    name, _ = checkpoint
+@pytest.mark.slow
+def test_corpus_page_analyses_an_upload_like_the_cli(named_config, capsys, tmp_path):
+    name, _ = named_config
     path = tmp_path / "upload.txt"
     path.write_text(CORPUS + TEXT, encoding="utf-8")
     at = open_app("corpus.py", ckpt=name, corpus="upload")
@@ -293,7 +286,7 @@ def test_corpus_page_analyses_an_upload_like_the_cli(checkpoint, capsys, tmp_pat
     check_tables(at, result)
 
 
-@needs_checkpoint
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda f: f.name)
 def test_new_views_on_every_shipped_checkpoint(folder, capsys, tmp_path):
     """The lens and gain tabs and the corpus page open on every shipped checkpoint (vanilla's N_r = 1
@@ -310,7 +303,7 @@ def test_new_views_on_every_shipped_checkpoint(folder, capsys, tmp_path):
     if R > 1:
         assert metric(at, "Mean NLL at full depth") == f"{sum(last) / len(last):.4f}"
     samples = tmp_path / "samples.txt"
-    samples.write_text(corpus_view.builtin_text("samples")[0], encoding="utf-8")
+    samples.write_text(corpus_stats.builtin_text("samples")[0], encoding="utf-8")
     stats = cli_json(capsys, "stats", "--checkpoint", name, "--text-file", str(samples))
     at = open_app("corpus.py", ckpt=name, corpus="samples")
     assert metric(at, "Mean depth") == f"{stats['mean_depth']:.3f}"

@@ -1,5 +1,6 @@
-"""The "Live throughput" and "How MoR works" pages, driven through Streamlit's AppTest on the
-checkpoints that are present (skipped when there are none)."""
+"""The "Live throughput" and "How MoR works" pages, driven through Streamlit's AppTest on a shipped
+checkpoint (the `checkpoint_name` fixture: the tests fail, loudly, when none is shipped). The rows
+of tokens these pages draw come from `app.render`, tested on its own in tests/test_render.py."""
 
 from __future__ import annotations
 
@@ -8,39 +9,20 @@ from pathlib import Path
 
 import pytest
 
-import mor
-from mor.model.loading import load_config
-
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
-CHECKPOINTS = mor.list_checkpoints()
-needs_checkpoints = pytest.mark.skipif(not CHECKPOINTS, reason="no checkpoints found (set MOR_CHECKPOINTS)")
+pytestmark = pytest.mark.slow  # every test runs a whole page on a real checkpoint
 
 
-def with_routing(routing: str) -> list[str]:
-    return [p.name for p in CHECKPOINTS if load_config(p).routing == routing]
-
-
-def open_page(page: str, checkpoint: str | None = None):
-    """An AppTest switched to `page`, with `checkpoint` picked in the sidebar when given."""
+def open_page(page: str, checkpoint: str):
+    """An AppTest switched to `page`, with `checkpoint` picked in the sidebar."""
     at = streamlit_testing.AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.switch_page(page).run()
-    if checkpoint is not None:
-        at.selectbox(key="picker_ckpt").set_value(checkpoint).run()
+    at.selectbox(key="picker_ckpt").set_value(checkpoint).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def test_token_spans_escape_every_token(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(APP).parent))
-    import live_view
-
-    out = live_view.token_spans(["<img src=x onerror=alert(1)>", "a\nb"], [1, 2], 3, {0}, prefix="<b>")
-    assert "<img" not in out and "<b>" not in out
-    assert "&lt;img src=x onerror=alert(1)&gt;" in out and "&lt;b&gt;" in out
-    assert out.count("outline:") == 1 and "↵" in out
 
 
 def html_with(at, needle: str) -> list[str]:
@@ -49,9 +31,8 @@ def html_with(at, needle: str) -> list[str]:
 
 # ---- How MoR works ---------------------------------------------------------------------------
 
-@needs_checkpoints
-def test_learn_page_renders_every_section():
-    at = open_page("app_pages/learn.py")
+def test_learn_page_renders_every_section(checkpoint_name):
+    at = open_page("app_pages/learn.py", checkpoint_name)
     headers = [h.value for h in at.header]
     assert len([h for h in headers if h[0].isdigit()]) == 5
     metrics = {m.label: int(m.value.replace(",", "")) for m in at.metric if "parameters" in m.label}
@@ -62,30 +43,47 @@ def test_learn_page_renders_every_section():
     assert any("(N_r + 1)/(2N_r)" in m.value and "Formula" in m.value for m in at.markdown)
 
 
-@needs_checkpoints
-def test_batching_grid_matches_the_engine_and_the_slider():
+def test_batching_grid_matches_the_engine_and_the_slider(checkpoint_name):
     """The depth-wise batching section runs the real engine: the grid has one column per block run
-    the metric reports (up to 40 drawn), at most `slots` tokens per run, fewer slots mean more block
-    runs, and one slot is exactly a static batch of one."""
-    name = with_routing("expert_choice")[0]
-    at = open_page("app_pages/learn.py", name)
+    the metric reports (up to 40 drawn), at most `width` tokens per run, narrower passes mean more
+    block runs, and one row per pass with one request in flight is exactly a static batch of one."""
+    at = open_page("app_pages/learn.py", checkpoint_name)
     runs = {}
-    for slots in (3, 1):
-        at.slider(key="learn_slots").set_value(slots).run()
+    for width in (3, 1):
+        at.slider(key="learn_width").set_value(width)
+        at.slider(key="learn_slots").set_value(width).run()
         assert not at.exception
         metrics = {m.label: m.value for m in at.metric}
-        runs[slots] = int(metrics["Block runs, depth-wise batching"])
+        runs[width] = int(metrics["Block runs, depth-wise batching"])
         grid = html_with(at, "request 1")[0]
         columns = re.findall(r"<th style=\"font-weight:400;padding:0 2px\">(\d+)</th>", grid)
-        assert len(columns) == min(runs[slots], 40)
-        assert float(metrics["Tokens per block run"].split()[0]) <= slots
+        assert len(columns) == min(runs[width], 40)
+        assert float(metrics["Tokens per block run"].split()[0]) <= width
     assert runs[1] > runs[3]
     assert int(dict((m.label, m.value) for m in at.metric)["Block runs, static batches"]) == runs[1]
 
 
-@needs_checkpoints
-def test_sharing_diagram_follows_the_widgets():
-    at = open_page("app_pages/learn.py")
+def test_stage_queues_are_the_engine_passes_and_play_live(checkpoint_name):
+    """The stage-queue table counts every pass of the run (its rows add up to what the stages
+    carried), and "Watch it live" streams a fresh run of the same length, pass by pass."""
+    at = open_page("app_pages/learn.py", checkpoint_name)
+    at.slider(key="learn_requests").set_value(6)
+    at.slider(key="learn_width").set_value(2)
+    at.slider(key="learn_slots").set_value(4).run()
+    table = next(d.value for d in at.dataframe if "rows per pass" in d.value.columns)
+    assert (table["rows per pass"] <= 2).all() and (table["passes"] > 0).all()
+    total = int(table["passes"].sum())
+    caption = next(c.value for c in at.caption if "Tokens waiting in each stage" in c.value)
+    assert f"({total} passes" in caption
+    at.select_slider(key="learn_pause").set_value(0)
+    at.button(key="learn_live").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    last = [c.value for c in at.caption if c.value.startswith("Pass ")]
+    assert last and last[-1].startswith(f"Pass {total}:")
+
+
+def test_sharing_diagram_follows_the_widgets(checkpoint_name):
+    at = open_page("app_pages/learn.py", checkpoint_name)
     def diagram():
         return html_with(at, "Recursion 1")[0]
     before = diagram()
@@ -101,9 +99,8 @@ def test_sharing_diagram_follows_the_widgets():
     assert not html_with(at, "Recursion 1")
 
 
-@pytest.mark.skipif(not with_routing("expert_choice"), reason="needs an expert-choice checkpoint")
-def test_threshold_routing_is_causal_and_cut_changes_the_comparison():
-    at = open_page("app_pages/learn.py", with_routing("expert_choice")[0])
+def test_threshold_routing_is_causal_and_cut_changes_the_comparison(checkpoint_name):
+    at = open_page("app_pages/learn.py", checkpoint_name)  # an expert-choice checkpoint
     def changed(rule: str) -> tuple[int, int]:
         text = next(m.value for m in at.markdown if m.value.startswith(f"**{rule}**:"))
         found, total = re.search(r"(\d+) of (\d+) tokens changed", text).groups()
@@ -127,9 +124,8 @@ def run_throughput(at):
     return {m.label: m.value for m in at.metric}
 
 
-@needs_checkpoints
-def test_throughput_run_measures_tokens_per_second_and_fills_the_table():
-    at = open_page("app_pages/throughput.py")
+def test_throughput_run_measures_tokens_per_second_and_fills_the_table(checkpoint_name):
+    at = open_page("app_pages/throughput.py", checkpoint_name)
     metrics = run_throughput(at)
     assert float(metrics["Tokens/s (decode)"].replace(",", "")) > 0
     assert metrics["Tokens decoded"] == "3"
@@ -139,16 +135,12 @@ def test_throughput_run_measures_tokens_per_second_and_fills_the_table():
     assert at.get("download_button")
 
 
-@needs_checkpoints
-def test_throughput_fixed_depth_colours_every_token_at_that_depth():
-    routed = with_routing("expert_choice") + with_routing("token_choice")
-    if not routed:
-        pytest.skip("needs a checkpoint with a router")
-    at = open_page("app_pages/throughput.py", routed[0])
+def test_throughput_fixed_depth_colours_every_token_at_that_depth(checkpoint_name):
+    at = open_page("app_pages/throughput.py", checkpoint_name)  # a checkpoint with a router
     at.radio(key="tp_mode").set_value("Fixed depth k").run()  # enables the k slider
     at.slider(key="tp_k").set_value(1)
     at.checkbox(key="tp_table").uncheck()
     run_throughput(at)
     live = html_with(at, "fixed depth 1")[0]
-    assert set(re.findall(r'title="depth (\d+)"', live)) == {"1"}
+    assert set(re.findall(r'class="mor-tok" data-depth="(\d+)"', live)) == {"1"}
     assert not at.dataframe  # the side-by-side table was switched off

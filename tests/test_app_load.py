@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import mor
-from mor.model.loading import load_config
-
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
@@ -47,13 +44,8 @@ def text_for(i: int) -> str:
 
 
 @pytest.mark.slow
-def test_heatmap_reruns_do_not_grow_memory():
-    folders = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
-    if not folders:
-        pytest.skip("no checkpoints found (set MOR_CHECKPOINTS or train one)")
-    name = min(folders, key=lambda f: (load_config(f).routing != "expert_choice",
-                                       (f / "model.safetensors").stat().st_size)).name
-
+def test_heatmap_reruns_do_not_grow_memory(checkpoint_name):
+    name = checkpoint_name
     at = AppTest.from_file(MAIN, default_timeout=120)
     at.query_params.update(ckpt=name)
     at.run()

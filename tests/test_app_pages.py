@@ -1,6 +1,8 @@
 """The explorer pages (heatmap, scaling, KV memory, compare) driven through Streamlit's AppTest.
 
-Each test runs the real app on a real checkpoint and asserts on the numbers it displays."""
+Each test runs the real app on a shipped checkpoint (the `checkpoint_name` fixture: an
+expert-choice one with two or more recursions; missing checkpoints fail the tests, loudly) and
+asserts on the numbers it displays."""
 
 from __future__ import annotations
 
@@ -20,17 +22,13 @@ SHORT = "The cat sat on the mat."
 LONGER = "The cat sat on the mat, and then the dog came in from the garden and lay down beside it."
 
 
+pytestmark = pytest.mark.slow  # every test runs whole pages on a real checkpoint
+
+
 @pytest.fixture(scope="module")
-def checkpoint():
-    """(name, config) of the smallest expert-choice checkpoint found (the router the pages
-    explain best), else the smallest of any kind; skips when there is none."""
-    folders = [f for f in mor.list_checkpoints() if (f / "model.safetensors").is_file()]
-    if not folders:
-        pytest.skip("no checkpoints found (set MOR_CHECKPOINTS or train one)")
-    def key(folder):
-        return (load_config(folder).routing != "expert_choice", (folder / "model.safetensors").stat().st_size)
-    folder = min(folders, key=key)
-    return folder.name, load_config(folder)
+def named_config(checkpoint_name):
+    """(name, config) of the checkpoint the pages are opened on."""
+    return checkpoint_name, load_config(mor.resolve_checkpoint(checkpoint_name))
 
 
 def open_page(name: str, page: str | None, text: str = SHORT, **query) -> AppTest:
@@ -54,8 +52,8 @@ def token_count(at: AppTest) -> int:
     return sum(html.proto.body.count('class="mor-tok"') for html in at.html)
 
 
-def test_heatmap_page(checkpoint):
-    name, cfg = checkpoint
+def test_heatmap_page(named_config):
+    name, cfg = named_config
     at = open_page(name, None)
     tokens = int(metric(at, "Tokens"))
     assert tokens > 3 and token_count(at) == tokens
@@ -78,10 +76,8 @@ def test_heatmap_page(checkpoint):
     assert any("text is empty" in i.value for i in at.info)
 
 
-def test_heatmap_capacity_routing(checkpoint):
-    name, cfg = checkpoint
-    if cfg.routing != "expert_choice":
-        pytest.skip("capacity routing needs an expert-choice checkpoint")
+def test_heatmap_capacity_routing(named_config):
+    name, cfg = named_config  # an expert-choice checkpoint: it has a capacity rule
     at = open_page(name, None, text=LONGER)
     at.radio(key="routing_mode").set_value("capacity").run()
     assert not at.exception
@@ -92,11 +88,9 @@ def test_heatmap_capacity_routing(checkpoint):
     assert float(metric(at, "Mean depth")) == pytest.approx(expected, abs=1e-3)
 
 
-def test_scaling_page(checkpoint):
-    name, cfg = checkpoint
-    R = cfg.num_recursions
-    if R < 2:
-        pytest.skip("depth scaling needs a recursive checkpoint")
+def test_scaling_page(named_config):
+    name, cfg = named_config
+    R = cfg.num_recursions  # two or more: there is a depth to scale
     at = open_page(name, "scaling.py", text=LONGER)
     free_depth, free_nll = float(metric(at, "Mean depth")), metric(at, "Mean NLL")
     assert "ms" in metric(at, "Time per token")
@@ -116,8 +110,8 @@ def test_scaling_page(checkpoint):
     assert [b.label for b in at.download_button] == ["Chart data (CSV)"]
 
 
-def test_kv_memory_page(checkpoint):
-    name, _ = checkpoint
+def test_kv_memory_page(named_config):
+    name, _ = named_config
     at = open_page(name, "kv_memory.py")
     labels = [m.label for m in at.metric]
     assert labels == ["Full caching", "Recursion-wise caching", "Recursive KV sharing"]
@@ -132,8 +126,8 @@ def test_kv_memory_page(checkpoint):
     assert kib[0] >= kib[1] >= kib[2]
 
 
-def test_compare_page(checkpoint):
-    name, cfg = checkpoint
+def test_compare_page(named_config):
+    name, cfg = named_config
     at = open_page(name, "compare.py")
     assert len(at.columns) >= 2
     heatmaps = [h for h in at.html if 'class="mor-heatmap"' in h.proto.body]

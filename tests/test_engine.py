@@ -1,23 +1,25 @@
-"""Continuous depth-wise batching (mor/inference/engine.py) and the benchmark command (mor/analysis/bench.py).
+"""Continuous depth-wise batching (mor/inference/engine.py, runner.py, plan.py), the naive path
+(mor/analysis/naive.py).
 
 The engine must give every request exactly what `model.generate` (transformers' generate driving
-the model) gives it alone: same tokens, same per-token depths, whatever else shares the batch. No
-timing is asserted anywhere."""
+the model) gives it alone: same tokens, same per-token depths, whatever else shares its passes, how
+many requests are in flight and how its prompt is chunked. No timing is asserted anywhere; the
+work the engine does is checked on its weight-pass counters."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import itertools
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import mor
-from helpers import generated, tiny_model
-from mor.analysis import bench
-from mor.inference.engine import Engine, naive_generate
+from helpers import KV_CACHES, ROUTINGS, SHARINGS, generated, shipped_checkpoints, tiny_model
+from mor.analysis.naive import naive_generate
+from mor.inference import plan as plan_module
+from mor.inference.engine import Engine
+from mor.inference.runner import Runner
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,28 +42,18 @@ def alone(model, prompts, news, **kwargs):
     return [generated(model, p, n, **kwargs) for p, n in zip(prompts, news)]
 
 
-COMBOS = [
-    ("expert_choice", "middle_cycle", "recursion_wise"),
-    ("expert_choice", "middle_cycle", "shared"),
-    ("expert_choice", "sequence", "recursion_wise"),
-    ("expert_choice", "middle_sequence", "shared"),
-    ("expert_choice", "sequence", "shared"),
-    ("token_choice", "middle_cycle", "recursion_wise"),
-    ("token_choice", "cycle", "shared"),
-    ("token_choice", "middle_sequence", "recursion_wise"),
-    ("none", "middle_cycle", "recursion_wise"),
-    ("none", "sequence", "shared"),
-    ("none", "middle_sequence", "shared"),
-]
+COMBOS = list(itertools.product(ROUTINGS, SHARINGS, KV_CACHES))
 
 
 @pytest.mark.parametrize("routing,sharing,kv_cache", COMBOS, ids=["-".join(c) for c in COMBOS])
 def test_engine_and_naive_equal_generate_alone(routing, sharing, kv_cache):
     model = tiny_model(routing=routing, sharing=sharing, kv_cache=kv_cache)
     prompts = make_prompts(7, seed=1)  # mixed lengths 1..12
-    news = [5, 9, 0, 3, 8, 1, 6]  # per-request budgets, one request with none
+    news = [5, 9, 0, 3, 8, 1, 6]  # per-request budgets, one request with none, one with one
     ref = alone(model, prompts, news)
-    # 3 slots for 7 requests: finished requests are replaced from the queue
+    # 3 rows per pass, 4 requests in flight for 7 (slots are refilled), prompts in chunks of 2
+    assert Engine(model, max_batch=3, max_inflight=4, prefill_chunk=2).generate(prompts, news) == ref
+    # the defaults: 12 slots, so every request is in flight at once, prompts in chunks of 3
     assert Engine(model, max_batch=3).generate(prompts, news) == ref
     assert naive_generate(model, prompts, news, batch_size=4) == ref
     depths = {d for _, ds in ref for d in ds}
@@ -80,32 +72,79 @@ def test_straight_through_gate(routing):
     assert naive_generate(model, prompts, 6) == ref
 
 
-@pytest.mark.parametrize("max_batch", [1, 2, 16])
-@pytest.mark.parametrize("prefill_together", [True, False])
-def test_any_number_of_slots_gives_the_same_result(max_batch, prefill_together):
+@pytest.mark.parametrize("max_batch,max_inflight,prefill_chunk", [
+    (1, 1, 1),     # one request, one token per pass: prefill token by token
+    (1, 3, 1),     # more requests in flight than rows per pass
+    (2, None, 1),  # default slots (8, more than the 5 requests), one prompt token per chunk
+    (4, 2, 4),     # fewer slots than requests: admission waits for retirements
+    (16, None, None),  # every prompt in one chunk
+    (16, 1, 5),    # one request at a time, long passes
+])
+def test_any_batch_shape_gives_the_same_result(max_batch, max_inflight, prefill_chunk):
     model = tiny_model(routing="expert_choice")
     prompts = make_prompts(5, seed=2)
     ref = alone(model, prompts, [6] * 5)
-    assert Engine(model, max_batch=max_batch, prefill_together=prefill_together).generate(prompts, 6) == ref
+    engine = Engine(model, max_batch=max_batch, max_inflight=max_inflight, prefill_chunk=prefill_chunk)
+    assert engine.generate(prompts, 6) == ref
 
 
-def test_replacement_happens_and_events_track_progress():
+def test_chunked_prefill_of_long_prompts_in_many_shapes():
+    """Prompts much longer than a chunk, of very different lengths, with requests at every stage
+    of their prefill and decode sharing passes."""
+    model = tiny_model(routing="expert_choice", sharing="middle_cycle")
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in (1, 40, 7, 23, 2, 31, 16, 3, 50, 11)]
+    news = [4, 3, 6, 1, 5, 2, 7, 3, 2, 6]
+    ref = alone(model, prompts, news)
+    for shape in [dict(max_batch=8, max_inflight=3, prefill_chunk=5), dict(max_batch=6, max_inflight=10),
+                  dict(max_batch=16, max_inflight=4, prefill_chunk=3)]:
+        engine = Engine(model, **shape)
+        events = list(engine.stream(prompts, news))
+        assert engine.results == ref, shape
+        prompt_rows = sum(e.prefill_rows for e in events if e.stage == "prelude")
+        assert prompt_rows == sum(map(len, prompts))  # every prompt token entered exactly once
+        assert any(e.prefill_rows and e.rows > e.prefill_rows for e in events), "prefill rode with decode items"
+
+
+def test_requests_queue_for_slots_and_events_track_progress():
     model = tiny_model(routing="expert_choice")
     prompts = make_prompts(6, seed=3)
-    engine = Engine(model, max_batch=2)
+    engine = Engine(model, max_batch=2, max_inflight=3)
     events = list(engine.stream(prompts, 4))
-    assert max(e.in_flight for e in events) == 2 and events[0].waiting == 4
-    assert all(e.block_items <= 2 for e in events)
+    assert max(e.in_flight for e in events) == 3 and events[0].waiting == 3
+    assert all(1 <= e.rows <= 2 for e in events) and all(e.block_items <= 2 for e in events)
+    assert {e.stage for e in events} == {"prelude", "block", "coda", "head"}
     assert events[-1].tokens_generated == 24 and events[-1].in_flight == 0
     assert sorted(i for e in events for i in e.finished) == list(range(6))
+    assert [e.iteration for e in events] == list(range(1, len(events) + 1))
     assert all(a.elapsed <= b.elapsed and a.tokens_generated <= b.tokens_generated for a, b in zip(events, events[1:]))
+    assert all(0 <= e.prefill_seconds <= e.elapsed for e in events)
     assert events[-1].tokens_per_second > 0
-    # every token and depth reported once, matching the results
+    assert all(set(e.queued) == {"prelude", "block", "coda", "head"} for e in events)
+    assert sum(events[-1].queued.values()) == 0  # every queue drained
+    # every token and depth reported once, matching the results; one pick time per token
     per_request = {i: [] for i in range(6)}
     for e in events:
         for i, t in e.new_tokens:
             per_request[i].append(t)
     assert [per_request[i] for i in range(6)] == [toks for toks, _ in engine.results]
+    assert [len(t) for t in engine.token_times] == [4] * 6
+    assert all(a <= b for times in engine.token_times for a, b in zip(times, times[1:]))
+    assert len(engine.request_kv_bytes) == 6 and min(engine.request_kv_bytes) > 0
+
+
+def test_budgets_of_zero_and_one():
+    model = tiny_model(routing="expert_choice")
+    prompts = make_prompts(5, seed=10)
+    engine = Engine(model, max_batch=2)
+    events = list(engine.stream(prompts, 0))
+    assert engine.results == [([], [])] * 5
+    assert len(events) == 1 and events[0].iteration == 0 and sorted(events[0].finished) == list(range(5))
+    news = [1, 0, 1, 2, 0]
+    assert Engine(model, max_batch=2).generate(prompts, news) == alone(model, prompts, news)
+    ones = Engine(model, max_batch=2).generate(prompts, 1)
+    assert all(len(t) == 1 and len(d) == 1 for t, d in ones)
+    assert Engine(model).generate([], 3) == [] and list(Engine(model).stream([], 3)) == []
 
 
 @pytest.mark.parametrize("routing", ["expert_choice", "token_choice", "none"])
@@ -142,6 +181,7 @@ def test_end_of_text_stops_a_request_as_generate_does():
     ref = alone(model, prompts, [8] * 4)
     assert len(ref[0][0]) == stop and len(ref[0][1]) == stop
     assert Engine(model, max_batch=2).generate(prompts, 8) == ref
+    assert Engine(model, max_batch=2, max_inflight=2, prefill_chunk=1).generate(prompts, 8) == ref
     assert naive_generate(model, prompts, 8) == ref
     assert Engine(model, max_batch=2).generate(prompts, 8, stop_at_eos=False) == free
 
@@ -151,8 +191,8 @@ def test_sampling_is_seeded_and_matches_generate_from_the_same_seed():
     prompts = make_prompts(4, seed=7)
     kw = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
     a = Engine(model, max_batch=2).generate(prompts, 8, seed=11, **kw)
-    b = Engine(model, max_batch=3).generate(prompts, 8, seed=11, **kw)
-    assert a == b  # reproducible, and independent of how requests share the batch
+    b = Engine(model, max_batch=3, max_inflight=2, prefill_chunk=1).generate(prompts, 8, seed=11, **kw)
+    assert a == b  # reproducible, and independent of how requests share the passes
     assert Engine(model, max_batch=2).generate(prompts, 8, seed=12, **kw) != a
     for i, p in enumerate(prompts):  # transformers' generate samples with the global generator
         torch.manual_seed(11 + i)
@@ -165,165 +205,189 @@ def test_bad_arguments():
         Engine(model, depth_cap=4)
     with pytest.raises(ValueError, match="not both"):
         Engine(model, depth_cap=1, fixed_depth=1)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        Engine(model, max_batch=0)
+    with pytest.raises(ValueError, match="max_inflight must be >= 1"):
+        Engine(model, max_inflight=0)
+    with pytest.raises(ValueError, match=r"prefill_chunk=5 must be in 1..max_batch \(4\)"):
+        Engine(model, max_batch=4, prefill_chunk=5)
     with pytest.raises(ValueError, match="empty"):
         Engine(model).generate([[]], 3)
     with pytest.raises(ValueError, match="2 entries for 1 prompts"):
         Engine(model).generate([[1, 2]], [3, 4])
 
 
-# ---- the benchmark command ------------------------------------------------------------------------
+# ---- the work the engine does: weight passes -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat, and the dog sat on the log"] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+def counted_layers(monkeypatch):
+    """Count the runner's decoder-layer calls and LM-head calls, with their rows, independently of
+    its own counters (by wrapping the methods that do the work)."""
+    seen = {"layer": 0, "layer_rows": 0, "head": 0, "head_rows": 0}
+    layer, head = Runner._layer, Runner.head
+
+    def count_layer(self, u, x, *args):
+        seen["layer"] += 1
+        seen["layer_rows"] += x.shape[0]
+        return layer(self, u, x, *args)
+
+    def count_head(self, p):
+        out = head(self, p)
+        seen["head"] += 1
+        seen["head_rows"] += out.shape[0]
+        return out
+
+    monkeypatch.setattr(Runner, "_layer", count_layer)
+    monkeypatch.setattr(Runner, "head", count_head)
+    return seen
 
 
-def test_bench_smoke_run_writes_report_with_schema(tmp_path, tokenizer, capsys):
-    folders = []
-    for name, kw in [("van", dict(routing="none", sharing="cycle", num_recursions=1, num_hidden_layers=3)),
-                     ("ec", dict(routing="expert_choice"))]:
-        folders.append(str(mor.save_checkpoint(tiny_model(vocab_size=300, **kw), tokenizer, tmp_path / name,
-                                               dtype=torch.float32)))
-    parser = argparse.ArgumentParser()
-    bench.register_cli(parser.add_subparsers(dest="command"))
-    out = tmp_path / "docs" / "performance.md"
-    args = parser.parse_args(["bench", "--json", "--checkpoints", *folders, "--batch-sizes", "1", "2",
-                              "--new-tokens", "3", "--prompt-len", "5", "--repeats", "1", "--growth-lengths", "8",
-                              "--growth-batch-sizes", "1", "--threads", "0", "--data", str(tmp_path / "nodata"),
-                              "--out", str(out)])
-    assert args.func(args) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"meta", "checkpoints", "configs", "results", "growth", "profile", "depth_caps", "targets"}
-    assert report["meta"]["vanilla"] == "van" and set(report["checkpoints"]) == {"van", "ec"}
-    rows = report["results"]
-    keys = {(r["checkpoint"], r["path"], r["batch_size"]) for r in rows}
-    for name in ("van", "ec"):
-        for path in ("naive", "gather", "engine"):
-            assert {(name, path, 1), (name, path, 2)} <= keys
-    assert ("llama", "llama", 2) in keys
-    for r in rows:
-        assert r["decode_tokens_per_second"] > 0 and r["flops_per_token"] > 0
-        assert {"prefill_seconds_per_prompt", "mean_depth", "kv_bytes_per_request", "predicted_speedup",
-                "measured_speedup", "speedup_ratio", "peak_memory_bytes"} <= set(r)
-    ec = next(r for r in rows if r["checkpoint"] == "ec" and r["path"] == "engine")
-    assert 1 <= ec["mean_depth"] <= 3 and ec["kv_bytes_per_request"] > 0
-    assert {t["seq_len"] for t in report["growth"]["trace"]} == {8, 1000}  # 1000: the trace target
-    assert report["growth"]["decode"] and "ec" in report["profile"]["models"]
-    assert {"ratio_at_least_0.9", "speedup_at_least_1.3", "trace_under_0.5s"} <= set(report["targets"])
-    sweep = report["depth_caps"]
-    assert sweep["batch_size"] == 2
-    caps = {(r["checkpoint"], r["depth_cap"]): r for r in sweep["rows"]}
-    assert set(caps) == {("van", None), ("ec", 1), ("ec", 2), ("ec", None)}
-    assert caps[("van", None)]["speedup"] == 1.0 and caps[("ec", 1)]["mean_depth"] == 1.0
-    assert caps[("ec", 2)]["mean_depth"] <= 2 and all(r["decode_tokens_per_second"] > 0 for r in sweep["rows"])
-    text = out.read_text()
-    assert "## Analysis" in text and "### Batch 2" in text and "## Test-time depth caps" in text
-    assert (out.parent / "perf_decode_vs_batch.png").stat().st_size > 0
-    assert json.loads(out.with_suffix(".json").read_text())["meta"]["new_tokens"] == 3
+@pytest.mark.parametrize("W", [4, 8])
+def test_passes_run_full_width_when_the_queue_allows(W, monkeypatch):
+    """4W requests, a full batch at W rows: every stage's passes carry nearly full batches (only
+    the start-up and the drain run short), and the counters agree with an independent count of layer
+    and head calls and with the events."""
+    seen = counted_layers(monkeypatch)
+    model = tiny_model(routing="expert_choice")  # middle_cycle: 1 prelude, 2 block, 1 coda layers
+    prompts = make_prompts(4 * W, seed=12, max_len=8)
+    engine = Engine(model, max_batch=W, prefill_chunk=W)
+    events = list(engine.stream(prompts, 12, stop_at_eos=False))
+    stats = engine.stage_stats
+    for stage in ("prelude", "block", "coda", "head"):
+        assert stats[stage]["rows"] / stats[stage]["runs"] >= 0.85 * W, (stage, stats)
+        assert stats[stage]["runs"] == sum(e.stage == stage for e in events)
+        assert stats[stage]["rows"] == sum(e.rows for e in events if e.stage == stage)
+    passes = engine.passes
+    assert passes["prelude"] == stats["prelude"]["runs"] and passes["coda"] == stats["coda"]["runs"]
+    assert passes["block"] == 2 * stats["block"]["runs"] and passes["head"] == stats["head"]["runs"]
+    assert seen["layer"] == passes["prelude"] + passes["block"] + passes["coda"]
+    assert seen["head"] == passes["head"]
+    assert seen["layer_rows"] + seen["head_rows"] == engine.pass_rows
+    # the head computes logits for every new token (the last one of a request is only fed) and no other
+    assert seen["head_rows"] == 4 * W * 12
+    assert engine.results == alone(model, prompts[:3], [12] * 3) + engine.results[3:]
 
 
-def test_peak_memory_sees_a_buffer_the_block_allocates_and_touches():
-    with bench.PeakMemory() as small:
-        torch.zeros(1000)
-    with bench.PeakMemory() as big:
-        buf = torch.ones(16 * 2**20 // 4)  # 16 MiB, written so its pages are resident
-        del buf
-    if big.bytes is None:
-        pytest.skip("peak resident memory is only measured on Linux")
-    assert big.bytes >= 15 * 2**20
-    assert small.bytes < 4 * 2**20
+def test_vanilla_passes_are_full_and_one_set_per_batch_of_tokens():
+    """Without routing every token takes the same path: W rows per pass, and decoding N tokens
+    for 4W requests makes ~4N sets of layer passes (plus prefill), not one per request."""
+    W, N = 4, 6
+    model = tiny_model(routing="none", sharing="cycle", num_recursions=1, num_hidden_layers=3)
+    prompts = [[1 + i, 2, 3, 4] for i in range(4 * W)]  # one chunk each
+    engine = Engine(model, max_batch=W)
+    engine.generate(prompts, N, stop_at_eos=False)
+    stats = engine.stage_stats
+    assert stats["block"]["rows"] == 4 * W * (4 + N) and stats["block"]["runs"] == 4 * (4 + N)
+    assert stats["head"]["rows"] == 4 * W * N and stats["head"]["runs"] == 4 * N  # one row per new token
+    # no prelude or coda layers: the embedding and the hand-over are no weight passes
+    assert engine.passes["prelude"] == engine.passes["coda"] == 0
+
+
+# ---- attention read plans ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kv_cache", ["recursion_wise", "shared"])
-def test_every_read_plan_gives_generate_s_tokens(kv_cache, monkeypatch):
-    """Items read their K/V rows in place (whole block, block with items at their slots, block plus
-    gathered minority) or gathered; every kind occurs here and the tokens still match generate."""
+def test_every_read_plan_occurs_and_gives_generate_s_tokens(kv_cache, monkeypatch):
+    """Items read their K/V rows gathered, in place (the whole pass, or a slot range with the rest
+    gathered) and as prompt chunks; every kind occurs here and the tokens still match generate."""
     kinds = set()
-    plan = Engine._plan
+    plan_lists = plan_module._plan_lists
 
-    def spy(self, *args, **kwargs):
-        p = plan(self, *args, **kwargs)
-        kinds.add(("gather" if p.major is None else "block", p.slots is not None, p.minor is not None))
+    def spy(*args):
+        p = plan_lists(*args)
+        kinds.add(("gather" if "gather_rows" in args[0].spans else "")
+                  + ("+block" if p.block_base is not None else "") + ("+chunk" if p.chunk_len else ""))
         return p
 
-    monkeypatch.setattr(Engine, "_plan", spy)
+    monkeypatch.setattr(plan_module, "_plan_lists", spy)
     model = tiny_model(routing="expert_choice", kv_cache=kv_cache)
     prompts = torch.randint(0, 99, (16, 6), generator=torch.Generator().manual_seed(0)).tolist()
     news = [3 + i % 5 for i in range(16)]
-    results = Engine(model, max_batch=5).generate(prompts, max_new_tokens=news)
+    results = Engine(model, max_batch=5, max_inflight=5, prefill_chunk=3).generate(prompts, max_new_tokens=news)
     assert results == alone(model, prompts, news)
-    assert {("gather", False, False), ("block", False, False), ("block", True, False)} <= kinds
+    assert {"gather", "+block", "+chunk"} <= kinds
+    assert any("chunk" in k and k != "+chunk" for k in kinds)  # chunks beside decode items
     if kv_cache == "recursion_wise":
-        assert ("block", False, True) in kinds  # a majority step in place, the rest gathered
+        assert "gather+block" in kinds  # a majority step in place, the rest gathered
 
 
-@pytest.mark.parametrize("slots, reads, kind", [
-    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 0, 2, 0, 0, 0], "block+minor"),  # every slot busy: majority in place
-    ([0, 1, 2, 3, 5, 6, 7], [0, 0, 1, 0, 0, 0, 0], "block+minor"),        # a free slot: queries at their slots
-    ([0, 2, 3, 4, 5, 6, 7], [1] * 7, "block"),                            # one cache slot read by all: in place
-    ([1, 4, 5], [0, 1, 0], "gather"),                                      # no large majority: every row gathered
+def per_item_attention(kv, q, rows, vis):
+    """Reference: each query alone over its row's first `vis` entries."""
+    out = []
+    for n, (row, length) in enumerate(zip(rows, vis)):
+        k, v = kv[row, :, 0, :length], kv[row, :, 1, :length]  # (G, length, D)
+        out.append(torch.softmax(q[n] @ k.transpose(-1, -2), -1) @ v)  # (G, H/G, D)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("slots, keys, units, kind", [
+    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 0, 2, 0, 0, 0], None, "gather+block"),  # majority in place
+    ([0, 1, 2, 3, 5, 6, 7], [0, 0, 1, 0, 0, 0, 0], None, "gather+block"),        # a gap: queries at offsets
+    ([7, 2, 3, 4, 5, 6, 0], [1] * 7, None, "+block"),                            # one cache slot, out of order
+    ([0, 1, 2, 3], [1] * 4, None, "+block"),                                     # every item in order
+    ([1, 4, 6], [0, 1, 0], None, "gather"),                                      # no large majority
+    ([3, 3, 3, 0, 5, 5], [1, 1, 1, 0, 2, 2], [(0, 3), (3, 1), (4, 2)], "+block+chunk"),  # prompt chunks
+    ([3, 3, 3, 0, 6, 5, 5], [1, 1, 1, 0, 2, 2, 2], [(0, 3), (3, 1), (4, 1), (5, 2)], "gather+block+chunk"),
+    ([2, 2], [0, 0], [(0, 2)], "+chunk"),
 ])
-def test_attention_read_plans_equal_a_per_item_computation(slots, reads, kind):
-    """`_attend` under every read plan against attention computed item by item from the rows."""
-    model = tiny_model(routing="expert_choice")
-    engine = Engine(model, max_batch=8)
-    engine._allocate(12)
+def test_attention_read_plans_equal_a_per_item_computation(slots, keys, units, kind):
+    """`attend` under every read plan against attention computed item by item from the rows."""
+    engine = Engine(tiny_model(routing="expert_choice"), max_batch=8)
+    r = engine.runner
+    r.allocate(8, 16, 12)
     g = torch.Generator().manual_seed(0)
-    engine.kv.copy_(torch.randn(engine.kv.shape, generator=g))
-    S, G, H, D = 8, engine.G, engine.H, engine.D
-    cache_slot = {0: 2, 1: 4, 2: 1}  # the cache slot each read index points at
-    items = torch.tensor(slots)
-    lengths = torch.randint(1, 10, (len(slots),), generator=g)
-    L = int(lengths.max())
-    mask = (torch.arange(L)[None, :] >= lengths[:, None])[:, None, None, :]
-    q = torch.randn(len(slots), G, H // G, D, generator=g)
-    plan = engine._plan(items, len(slots) == S, mask, L, torch.tensor(reads))
-    assert ("gather" if plan.major is None else "block") + ("+minor" if plan.minor is not None else "") == kind
-    rows = torch.tensor([cache_slot[r] * S + s for r, s in zip(reads, slots)])
-    if plan.major is None:
-        out = engine._attend(q, plan, None, rows)
-    else:
-        out = engine._attend(q, plan, cache_slot[plan.major] * S, None if plan.minor is None else rows[plan.minor])
-    for n, (row, length) in enumerate(zip(rows.tolist(), lengths.tolist())):
-        k = engine.kv[row, :, 0, :length]  # (G, length, D)
-        v = engine.kv[row, :, 1, :length]
-        want = torch.softmax(q[n] @ k.transpose(-1, -2), -1) @ v  # (G, H/G, D)
-        torch.testing.assert_close(out[n], want)
+    r.kv.copy_(torch.randn(r.kv.shape, generator=g))
+    M, G, H, D = 8, r.G, r.H, r.D
+    table = [[2, 4, 1], [5, 3, 6]]  # two layers: the cache slot of each key
+    N = len(slots)
+    units = units or [(i, 1) for i in range(N)]
+    vis = torch.randint(1, 10, (N,), generator=g).tolist()
+    for s, c in units:  # a chunk's items see one more entry each, as consecutive tokens do
+        vis[s:s + c] = [vis[s] + k for k in range(c)]
+    items = plan_module.Items(rows=list(range(N)), pos=[0] * N, slots=slots, keys=keys, widx=[-1] * N, vis=vis,
+                              units=units)
+    p = plan_module.build_pass(items, table, M, r.device, r.arange)
+    got = ("gather" if p.read.gather_rows is not None else "") + ("+block" if p.read.block_base is not None else "") \
+        + ("+chunk" if p.read.chunk_rows is not None else "")
+    assert got == kind
+    q = torch.randn(N, G, H // G, D, generator=g)
+    for j in range(2):
+        rows = [table[j][k] * M + s for k, s in zip(keys, slots)]
+        torch.testing.assert_close(plan_module.attend(r.kv, q, p.read, j), per_item_attention(r.kv, q, rows, vis))
+
+
+# ---- trained weights --------------------------------------------------------------------------------
 
 
 SENTENCES = ["The history of the city begins in the", "To be, or not to be, that is the question:",
              "Water boils at a temperature of", "KING. My lord, the", "In 1905 Einstein published"]
 
 
-@pytest.mark.parametrize("folder", mor.list_checkpoints(), ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", shipped_checkpoints(), ids=lambda p: p.name)
 def test_engine_equals_generate_on_shipped_checkpoints(folder):
     """Trained weights make every token depend on attention (a random tiny model often does not):
-    the engine's tokens and depths equal a lone `generate` per prompt, with slots refilled."""
+    the engine's tokens and depths equal a lone `generate` per prompt, with requests queued for
+    slots, more in flight than rows per pass and prompts in several chunks."""
     model, tokenizer = mor.load(folder, device="cpu")
     model.generation_config.eos_token_id = None  # decode exactly n tokens in both
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in SENTENCES]
     news = [12, 7, 12, 9, 12]
-    results = Engine(model, max_batch=3).generate(prompts, max_new_tokens=news)
-    assert results == alone(model, prompts, news)
+    ref = alone(model, prompts, news)
+    assert Engine(model, max_batch=3, max_inflight=4).generate(prompts, max_new_tokens=news) == ref
+    results = Engine(model, max_batch=8, max_inflight=2, prefill_chunk=4).generate(prompts, max_new_tokens=news)
+    assert results == ref
     assert all(len(tokens) == n for (tokens, _), n in zip(results, news))
 
 
 def test_traced_steps_climb_one_at_a_time_to_each_token_s_depth():
-    """trace_steps: every request's items go 1, 2, ..., depth and start again at 1 for the next
-    token, and the depths read off the trace are the ones the engine reports."""
+    """trace_steps: every request's new tokens go 1, 2, ..., depth and start again at 1 for the
+    next token, and the depths read off the trace are the ones the engine reports."""
     model = tiny_model(routing="expert_choice")
     prompts = torch.randint(0, 99, (7, 5), generator=torch.Generator().manual_seed(3)).tolist()
     engine = Engine(model, max_batch=3)
     per_request: dict[int, list[int]] = {}
     for event in engine.stream(prompts, max_new_tokens=6, trace_steps=True):
-        assert len(event.block_steps) == event.block_items
+        assert len(event.block_steps) == event.block_items - (event.prefill_rows if event.stage == "block" else 0)
         for index, step in event.block_steps:
             per_request.setdefault(index, []).append(step)
     assert len({step for steps in per_request.values() for step in steps}) > 1

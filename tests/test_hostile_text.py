@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mor
 from mor import analysis
-
-from test_cli import SHIPPED
 
 
 @pytest.fixture(scope="module")
-def shipped_model():
-    name = next(p.parent.name for p in sorted(SHIPPED.glob("*/config.json"))
-                if json.loads(p.read_text())["routing"] == "expert_choice")
-    return mor.load(name, device="cpu")
+def shipped_model(checkpoint):
+    """(model, tokenizer) of a shipped expert-choice checkpoint (conftest's `checkpoint`)."""
+    return checkpoint
 
 
 def check_invariants(tr: analysis.Trace, text: str) -> None:
@@ -31,6 +25,7 @@ def check_invariants(tr: analysis.Trace, text: str) -> None:
         assert tr.token_nll[0] is None and all(v is not None and v >= 0 for v in tr.token_nll[1:])
 
 
+@pytest.mark.slow  # 60 traces
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=80))
 def test_random_unicode_traces_keep_invariants(shipped_model, text):
@@ -54,6 +49,7 @@ def test_unpaired_surrogates_are_replaced_and_counted(shipped_model):
     assert tr.replaced_chars == 2 and "".join(tr.tokens) == "ok \ufffd then \ufffd end"
 
 
+@pytest.mark.slow  # about 3,000 tokens, traced in overlapping windows
 def test_text_longer_than_context_is_traced_whole(shipped_model):
     model, tokenizer = shipped_model
     text = "The quick brown fox jumps over the lazy dog. " * 300  # ~13,500 characters

@@ -39,6 +39,16 @@ def test_prompts_of_different_lengths():
         assert (last.tokens[row], last.depths[row]) == generated(model, p, 6)
 
 
+def test_prompts_longer_than_a_chunk():
+    """A prompt longer than a pass is prefilled in several chunks; the stream still equals generate."""
+    model = tiny_model(routing="expert_choice", max_position_embeddings=256)
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in (150, 70, 3)]
+    last, _ = collect(model, prompts, max_new_tokens=5)
+    for row, p in enumerate(prompts):
+        assert (last.tokens[row], last.depths[row]) == generated(model, p, 5)
+
+
 def test_sampling_gives_row_i_the_generator_seeded_seed_plus_i():
     model = tiny_model(routing="expert_choice")
     ids = torch.randint(0, 99, (2, 5), generator=torch.Generator().manual_seed(4))
@@ -56,9 +66,10 @@ def test_states_carry_a_running_clock():
     fed = [c[0] for c in clock]
     assert fed == sorted(fed) and fed[-1] == 4 * 5  # every new token was fed through the model once
     assert last.fed == sum(len(d) for d in last.depths)
-    assert all(b[1] > a[1] for a, b in zip(clock, clock[1:]))
+    assert all(b[1] >= a[1] for a, b in zip(clock, clock[1:])) and clock[-1][1] > clock[0][1]
     assert last.prefill_seconds > 0 and last.tokens_per_second == pytest.approx(20 / last.elapsed)
-    assert 1 <= last.block_items <= 4
+    assert 1 <= last.block_items <= 4 and last.stage == "block"  # the last token exits the block and retires
+    assert set(last.queued) == {"prelude", "block", "coda", "head"} and sum(last.queued.values()) == 0
 
 
 def test_zero_new_tokens_or_no_rows_yield_nothing():

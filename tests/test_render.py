@@ -1,17 +1,13 @@
-"""app/render.py: depth heatmap HTML, escaping above all."""
+"""app/render.py: the token renderer, the heatmaps and the diagrams as HTML, escaping above all."""
 
 from __future__ import annotations
 
 import re
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
-
-import render  # noqa: E402
+from app import render
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</div><script>alert(2)</script>", "say \"hi\" & 'bye'", "\n", "  ", ""]
 
@@ -141,3 +137,49 @@ def test_score_label_follows_routing():
     trace = make_trace(["a"], [1])
     assert "router P(depth 1..N_r): 0.900 / - / -" in render.heatmap_html(trace, routing="token_choice")
     assert "router score per step: 0.900" in render.standalone_heatmap_html(trace)
+
+
+def test_depth_text_escapes_every_token_and_marks_the_chosen():
+    """The rows of the learn and throughput pages: the same token renderer as the heatmap (spans
+    with data-depth), after an escaped grey prefix, the marked tokens outlined."""
+    out = render.depth_text_html(["<img src=x onerror=alert(1)>", "a\nb", "c"], [1, 2, 3], 3, {0}, prefix="<b>")
+    parsed = parse(out)
+    assert "<img" not in out and "<b>" not in out
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out and "&lt;b&gt;" in out
+    assert parsed.text.endswith("<b><img src=x onerror=alert(1)>a↵bc")  # after the <style> block
+    spans = [attrs for _, attrs in parsed.tags if "mor-tok" in attrs.get("class", "")]
+    assert [a["data-depth"] for a in spans] == ["1", "2", "3"]
+    assert [a["class"] for a in spans] == ["mor-tok mor-marked", "mor-tok", "mor-tok"]
+    assert [a["style"].split(";")[0] for a in spans] == [f"background:{render.depth_colour(d, 3)}" for d in (1, 2, 3)]
+    assert "↵" in out and out.count("<br>") == 1
+
+
+def test_legend_block_is_the_heatmap_legend():
+    assert render.legend_html(3) in render.legend_block(3)
+    assert 'class="mor-tok"' not in render.legend_block(3)
+
+
+def test_decode_rows_show_each_row_after_the_prompt():
+    out = render.decode_rows_html("<p>", [(["x", "y"], [1, 2]), (["z"], [3])], 3, distinct=2, total=4)
+    parsed = parse(out)
+    assert "<p>" not in out and parsed.text.count("<p>") == 2  # the prompt before each row, as text
+    assert re.findall(r'class="mor-tok" data-depth="(\d)"', out) == ["1", "2", "3"]
+    assert "2 distinct row(s) shown of 4" in parsed.text
+
+
+def test_kv_grid_marks_each_cache_state():
+    states = [["cached", "cached", "exited"], ["cached", "reads step 1", "reads step 1"]]
+    out = render.kv_grid_html(["<t>", "u"], states, 3, max_tokens=1)
+    cells = re.findall(r"<td[^>]*>(.)</td>", out)
+    assert cells == ["●", "●", "·"]  # one token drawn (max_tokens), steps 1..3
+    assert "&lt;t&gt;" in out and "<t>" not in out
+    two = re.findall(r"<td[^>]*>(.)</td>", render.kv_grid_html(["<t>", "u"], states, 3, max_tokens=2))
+    assert two == ["●", "●", "●", "↺", "·", "↺"]  # step-major: step 1 of both tokens first
+
+
+def test_sharing_diagram_letters_each_effective_layer():
+    groups = [("First layer (unique)", [0]), ("Recursion 1", [1, 2]), ("Recursion 2", [1, 2]), ("<i>", [3])]
+    assert render.plan_text(groups) == "A | BC | BC | D"
+    out = render.sharing_diagram(groups)
+    assert out.count("effective layer") == 6 and "effective layer 6 uses unique layer D" in out
+    assert "&lt;i&gt;" in out and "<i>" not in out

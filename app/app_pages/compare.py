@@ -2,10 +2,7 @@
 
 import streamlit as st
 
-import common
-import controls
-import render
-import views
+from app import checkpoints, render, traces, widgets
 
 
 def depth_options(R: int) -> list[str]:
@@ -25,14 +22,14 @@ def side_settings(side: str, col, full_depth: bool) -> dict:
     `full_depth`: default to every token at full depth instead of the router's choice."""
     # Side A keeps the URL key of the other pages, so a shared link opens on the same checkpoint.
     url_key = "ckpt" if side == "a" else "ckpt_b"
-    name = common.checkpoint_picker(f"Checkpoint {side.upper()}", key=url_key, container=col)
+    name = widgets.checkpoint_picker(f"Checkpoint {side.upper()}", key=url_key, container=col)
     if name is None:
         return {}
-    info = views.model_info(name)
-    mode = controls.routing_mode_picker(info["routing"], key=f"mode_{side}", container=col)
+    info = checkpoints.checkpoint_info(name)
+    mode = widgets.routing_mode_picker(info["routing"], key=f"mode_{side}", container=col)
     options = depth_options(info["num_recursions"])
     default = f"fixed:{info['num_recursions']}" if full_depth else "free"
-    wanted = common.query_default(f"depth_{side}", default)
+    wanted = widgets.query_default(f"depth_{side}", default)
     wanted = wanted if wanted in options else default
     depth = col.selectbox("Depth", options, index=options.index(wanted), format_func=depth_label,
                           key=f"depth_{side}_{name}")
@@ -42,7 +39,7 @@ def side_settings(side: str, col, full_depth: bool) -> dict:
 
 
 def show_table(a: dict, b: dict) -> None:
-    table = views.compare_table(a, b)
+    table = traces.compare_table(a, b)
     if table is None:
         st.warning("The two checkpoints tokenize this text differently, so tokens cannot be paired; "
                    "download each side's trace from the Depth heatmap page instead.")
@@ -58,27 +55,27 @@ def main() -> None:
     st.title("Compare")
     st.caption("Run the same text through two checkpoints, or one checkpoint under two settings. "
                "Side B's metrics show their difference from side A.")
-    text = common.text_picker()
+    text = widgets.text_picker()
     col_a, col_b = st.columns(2)
     a = side_settings("a", col_a, full_depth=False)
     # By default B is the same checkpoint with every token at full depth: the router against no router.
     b = side_settings("b", col_b, full_depth=True)
     if not a or not b:
         return
-    common.sync_query(text=text, ckpt=a["name"], mode_a=a["mode"], depth_a=a["depth"],
-                      ckpt_b=b["name"], mode_b=b["mode"], depth_b=b["depth"])
-    traces = [common.get_trace(s["name"], text, depth_cap=s["depth_cap"], fixed_depth=s["fixed_depth"],
-                               routing_mode=s["mode"]) for s in (a, b)]
-    if not traces[0]["tokens"]:
-        controls.empty_text_note()
+    widgets.sync_query(text=text, ckpt=a["name"], mode_a=a["mode"], depth_a=a["depth"],
+                       ckpt_b=b["name"], mode_b=b["mode"], depth_b=b["depth"])
+    both = [traces.get_trace(s["name"], text, depth_cap=s["depth_cap"], fixed_depth=s["fixed_depth"],
+                             routing_mode=s["mode"]) for s in (a, b)]
+    if not both[0]["tokens"]:
+        widgets.empty_text_note()
         return
-    numbers = [views.summary(s["name"], t) for s, t in zip((a, b), traces)]
-    for col, side, trace, mine, reference in zip((col_a, col_b), (a, b), traces, numbers, (None, numbers[0])):
+    numbers = [traces.summary(s["name"], t) for s, t in zip((a, b), both)]
+    for col, side, trace, mine, reference in zip((col_a, col_b), (a, b), both, numbers, (None, numbers[0])):
         col.markdown(f"**{side['name']}**: {render.setting_label(trace)}")
-        controls.summary_metrics(mine, side["num_recursions"], container=col, reference=reference, per_row=2)
-        controls.window_note(trace, side["context"], container=col)
-        controls.heatmap(trace, side["routing"], container=col)
-    show_table(*traces)
+        widgets.summary_metrics(mine, side["num_recursions"], container=col, reference=reference, per_row=2)
+        widgets.window_note(trace, side["context"], container=col)
+        widgets.heatmap(trace, side["routing"], container=col)
+    show_table(*both)
 
 
 main()

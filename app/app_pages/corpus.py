@@ -3,34 +3,36 @@ validation split, the sample texts or an uploaded file): `mor stats` in the brow
 
 import streamlit as st
 
-import common
-import controls
-import corpus_view
-import views
+from app import corpus_stats, widgets
+
+CAPTION = ("Which tokens the routers send deep, over a whole corpus: mean depth and the share at each depth "
+           "by token class, by frequency in the training data and by position in the window, the tokens that go "
+           "deepest and shallowest, and each router's scores against its threshold. The same numbers as "
+           "`mor stats --json`.")
 
 
 def corpus_text() -> tuple[str, str] | None:
     """(text, where it came from in words) of the chosen corpus, or None (with a message on the
     page) when there is nothing to analyse yet or the upload is not UTF-8 text."""
-    options = corpus_view.sources()
-    wanted = common.query_default("corpus", options[0])
+    options = corpus_stats.sources()
+    wanted = widgets.query_default("corpus", options[0])
     source = st.radio("Corpus", options, index=options.index(wanted) if wanted in options else 0,
-                      format_func=corpus_view.SOURCES.get, horizontal=True, key="corpus_source")
-    common.sync_query(corpus=source)
+                      format_func=corpus_stats.SOURCES.get, horizontal=True, key="corpus_source")
+    widgets.sync_query(corpus=source)
     if "val" not in options:
-        st.caption(f"No validation split at {corpus_view.VAL_PATH} (build it with `mor data --out data`): the "
+        st.caption(f"No validation split at {corpus_stats.VAL_PATH} (build it with `mor data --out data`): the "
                    "default corpus is the app's sample texts.")
     if source != "upload":
-        return corpus_view.builtin_text(source)
+        return corpus_stats.builtin_text(source)
     upload = st.file_uploader("A UTF-8 text file", key="corpus_upload",
                               help="Plain text saved as UTF-8, up to the server's upload limit; the first "
-                                   f"{corpus_view.MAX_CHARS:,} characters are analysed.")
+                                   f"{corpus_stats.MAX_CHARS:,} characters are analysed.")
     if upload is None:
         st.info("Choose a text file to analyse.")
         return None
-    name = corpus_view.display_name(upload.name)
+    name = corpus_stats.display_name(upload.name)
     try:
-        return corpus_view.decode_upload(upload.getvalue()), f"the uploaded file {name}"
+        return corpus_stats.decode_upload(upload.getvalue()), f"the uploaded file {name}"
     except ValueError as err:
         st.error(f"{name} cannot be read: {err}")
         return None
@@ -49,7 +51,7 @@ def show_overview(result: dict, where: str) -> None:
 
 def show_groups(result: dict) -> None:
     st.subheader("Depth by token class")
-    st.altair_chart(corpus_view.depth_share_chart(result, "by_class"))
+    st.altair_chart(corpus_stats.depth_share_chart(result, "by_class"))
     st.subheader("Depth by frequency in the training data")
     frequency = result["frequency"]
     if frequency["basis"] == "training counts":
@@ -60,9 +62,9 @@ def show_groups(result: dict) -> None:
                    "numbers its merges in the order it learned them, most frequent pair first, so a low id is a rough "
                    "proxy for a frequent token (ids 0-255 are mostly single bytes). Create the counts with "
                    "`mor stats --checkpoint NAME --count-tokens data/train.txt`.")
-    st.altair_chart(corpus_view.depth_share_chart(result, "by_frequency_band"))
+    st.altair_chart(corpus_stats.depth_share_chart(result, "by_frequency_band"))
     st.subheader("Depth by position in the context window")
-    st.altair_chart(corpus_view.position_chart(result))
+    st.altair_chart(corpus_stats.position_chart(result))
 
 
 def show_extremes(result: dict) -> None:
@@ -71,9 +73,9 @@ def show_extremes(result: dict) -> None:
                "occurrences may be a fluke.")
     left, right = st.columns(2)
     left.markdown("**Deepest**")
-    left.dataframe(corpus_view.extremes_frame(result["deepest"]), hide_index=True)
+    left.dataframe(corpus_stats.extremes_frame(result["deepest"]), hide_index=True)
     right.markdown("**Shallowest**")
-    right.dataframe(corpus_view.extremes_frame(result["shallowest"]), hide_index=True)
+    right.dataframe(corpus_stats.extremes_frame(result["shallowest"]), hide_index=True)
 
 
 def show_router(result: dict) -> None:
@@ -83,7 +85,7 @@ def show_router(result: dict) -> None:
         st.info("This checkpoint has no router: every token takes every recursion.")
         return
     st.caption(f"Score: {router['meaning']}.")
-    st.altair_chart(corpus_view.router_chart(result))
+    st.altair_chart(corpus_stats.router_chart(result))
     above = [s for s in router["steps"] if s["above_threshold"] is not None]
     for col, s in zip(st.columns(max(1, len(above))), above):
         col.metric(f"Step {s['step']}: above {s['threshold']:g}", f"{100 * s['above_threshold']:.1f}%",
@@ -92,39 +94,34 @@ def show_router(result: dict) -> None:
 
 
 def main() -> None:
-    st.title("Corpus statistics")
-    st.caption("Which tokens the routers send deep, over a whole corpus: mean depth and the share at each depth "
-               "by token class, by frequency in the training data and by position in the window, the tokens that go "
-               "deepest and shallowest, and each router's scores against its threshold. The same numbers as "
-               "`mor stats --json`.")
-    name = common.checkpoint_picker()
-    if name is None:
+    picked = widgets.page_header("Corpus statistics", CAPTION)
+    if picked is None:
         return
-    info = views.model_info(name)
+    name, info = picked
     corpus = corpus_text()
-    mode = controls.routing_mode_picker(info["routing"])
+    mode = widgets.routing_mode_picker(info["routing"])
     min_count = st.slider("Occurrences a token needs to be ranked deepest / shallowest", 1, 20,
-                          value=min(max(common.query_default("min", 3, int), 1), 20), key="corpus_min_count")
-    common.sync_query(ckpt=name, mode=mode, min=min_count)
+                          value=min(max(widgets.query_default("min", 3, int), 1), 20), key="corpus_min_count")
+    widgets.sync_query(ckpt=name, mode=mode, min=min_count)
     if corpus is None:
         return
     text, where = corpus
-    text, dropped = corpus_view.cap(text)
+    text, dropped = corpus_stats.cap(text)
     if dropped:
-        st.info(f"Only the first {corpus_view.MAX_CHARS:,} characters are analysed ({dropped:,} more were left out), "
+        st.info(f"Only the first {corpus_stats.MAX_CHARS:,} characters are analysed ({dropped:,} more were left out), "
                 "so one request cannot tie up the server; `mor stats` on the command line reads the whole file.")
     if not text:
         st.info("The corpus is empty: there are no tokens to measure.")
         return
-    result = corpus_view.get_stats(name, text, mode, min_count)
+    result = corpus_stats.get_stats(name, text, mode, min_count)
     show_overview(result, where)
     show_groups(result)
     show_extremes(result)
     show_router(result)
     cols = st.columns(2)
-    cols[0].download_button("Statistics (JSON)", corpus_view.to_json(result), "mor_stats.json", "application/json",
+    cols[0].download_button("Statistics (JSON)", corpus_stats.to_json(result), "mor_stats.json", "application/json",
                             key="dl_stats_json")
-    cols[1].download_button("Groups (CSV)", corpus_view.groups_frame(result).to_csv(index=False), "mor_stats.csv",
+    cols[1].download_button("Groups (CSV)", corpus_stats.groups_frame(result).to_csv(index=False), "mor_stats.csv",
                             "text/csv", key="dl_stats_csv")
 
 

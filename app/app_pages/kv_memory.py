@@ -5,9 +5,7 @@ import json
 import altair as alt
 import streamlit as st
 
-import common
-import controls
-import views
+from app import checkpoints, kv_cache, traces, widgets
 
 DESCRIPTIONS = {
     "full": "the recursive baseline: every token runs every step and caches K/V at each.",
@@ -24,7 +22,7 @@ def kib(n: int) -> str:
 def show_totals(report: dict) -> None:
     totals, full = report["totals"], report["totals"]["full"]
     cols = st.columns(3)
-    for col, (strategy, label) in zip(cols, views.STRATEGIES.items()):
+    for col, (strategy, label) in zip(cols, kv_cache.STRATEGIES.items()):
         saved = None if strategy == "full" else f"{100 * (totals[strategy] - full) / full:+.1f}% vs full"
         col.metric(label, kib(totals[strategy]), delta=saved, delta_color="inverse",
                    help=f"{label}: {DESCRIPTIONS[strategy]} Measured: bytes of the K/V entries held in the "
@@ -57,7 +55,7 @@ def show_steps(rows) -> None:
 
 def show_lengths(name: str, text: str, context: int) -> None:
     """Total bytes against sequence length: measured lines, formula points on top."""
-    result = views.kv_by_length(name, text)
+    result = kv_cache.kv_by_length(name, text)
     table = result["table"].assign(kib=lambda t: t["bytes"] / 1024)
     if result["extended"]:
         st.caption(f"The text is shorter than the {context}-token context, so this chart uses it followed by the "
@@ -77,15 +75,15 @@ def show_lengths(name: str, text: str, context: int) -> None:
 
 def show_grid(trace: dict) -> None:
     """Tokens x steps: which token's K/V is cached at which recursion step."""
-    strategy = st.radio("Strategy", list(views.STRATEGIES), format_func=views.STRATEGIES.get, horizontal=True,
+    strategy = st.radio("Strategy", list(kv_cache.STRATEGIES), format_func=kv_cache.STRATEGIES.get, horizontal=True,
                         index=1, key="kv_grid_strategy")
-    grid = views.cache_grid(trace, strategy)
+    grid = kv_cache.cache_grid(trace, strategy)
     chart = alt.Chart(grid).mark_rect(stroke="white", strokeWidth=0.5).encode(
         x=alt.X("position:O", title="token position", axis=alt.Axis(labelOverlap=True)),
         y=alt.Y("step:O", title="recursion step"),
         # (A bottom legend collapses a chart with a discrete y axis in Streamlit 1.67: keep it right.)
-        color=alt.Color("state:N", title=None,
-                        scale=alt.Scale(domain=list(views.CACHE_STATES), range=["#21918c", "#addc30", "#e5e5e5"])),
+        color=alt.Color("state:N", title=None, scale=alt.Scale(domain=list(kv_cache.STATE_LABELS.values()),
+                                                               range=["#21918c", "#addc30", "#e5e5e5"])),
         tooltip=["position", "token", "depth", "step", "state"],
     ).properties(height=40 * trace["num_recursions"] + 60)
     st.altair_chart(chart)
@@ -95,21 +93,21 @@ def main() -> None:
     st.title("KV cache memory")
     st.caption("Tokens that exit early need no keys and values at deeper recursions. Here the cache is "
                "filled by a real prefill of your text and its bytes are read back, per recursion step.")
-    st.markdown(" ".join(f"**{views.STRATEGIES[s]}**: {what}" for s, what in DESCRIPTIONS.items()))
-    name = common.checkpoint_picker()
+    st.markdown(" ".join(f"**{kv_cache.STRATEGIES[s]}**: {what}" for s, what in DESCRIPTIONS.items()))
+    name = widgets.checkpoint_picker()
     if name is None:
         return
-    info = views.model_info(name)
-    text = common.text_picker()
-    common.sync_query(ckpt=name, text=text)
-    trace = common.get_trace(name, text)
+    info = checkpoints.checkpoint_info(name)
+    text = widgets.text_picker()
+    widgets.sync_query(ckpt=name, text=text)
+    trace = traces.get_trace(name, text)
     if not trace["tokens"]:
-        controls.empty_text_note()
+        widgets.empty_text_note()
         return
-    controls.window_note(trace, info["context"])
+    widgets.window_note(trace, info["context"])
 
-    report = views.kv_report(name, text)
-    rows = views.kv_rows(report)
+    report = kv_cache.kv_report(name, text)
+    rows = kv_cache.kv_rows(report)
     st.subheader(f"After a prefill of {report['tokens']} tokens")
     if report["tokens"] < len(trace["tokens"]):
         st.caption(f"A KV cache holds one context window, so this prefill is of its first {report['tokens']} tokens "

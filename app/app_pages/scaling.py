@@ -3,16 +3,18 @@
 import altair as alt
 import streamlit as st
 
-import common
-import controls
-import views
+from app import traces, widgets
+
+CAPTION = ("The same weights, run shallower or deeper. Each token's depth is capped at k (the router "
+           "still decides below the cap), or fixed at k for every token. Routing is causal, the rule "
+           "used when generating.")
 
 
 def depth_controls(R: int) -> tuple[int, bool]:
     """(k, fixed): the depth slider and whether k is a cap (router decides below it) or fixed."""
     fixed = st.toggle("Fixed depth: every token takes exactly k recursions (router ignored)",
-                      value=common.query_default("mode", "router") == "fixed", key="scaling_fixed")
-    k = common.query_default("cap", R, int)
+                      value=widgets.query_default("mode", "router") == "fixed", key="scaling_fixed")
+    k = widgets.query_default("cap", R, int)
     k = k if 1 <= k <= R else R
     label = "Fixed depth k" if fixed else f"Depth cap k (k = {R} is the router's free choice)"
     return st.slider(label, 1, R, value=k, key="scaling_cap"), fixed
@@ -32,36 +34,32 @@ def sweep_chart(table, field: str, title: str, current: tuple[str, int]) -> alt.
 
 
 def main() -> None:
-    st.title("Test-time scaling")
-    st.caption("The same weights, run shallower or deeper. Each token's depth is capped at k (the router "
-               "still decides below the cap), or fixed at k for every token. Routing is causal, the rule "
-               "used when generating.")
-    name = common.checkpoint_picker()
-    if name is None:
+    picked = widgets.page_header("Test-time scaling", CAPTION)
+    if picked is None:
         return
-    info = views.model_info(name)
+    name, info = picked
     R = info["num_recursions"]
-    text = common.text_picker()
+    text = widgets.text_picker()
     if R < 2:
-        common.sync_query(ckpt=name, text=text, cap=None, mode=None)
+        widgets.sync_query(ckpt=name, text=text, cap=None, mode=None)
         st.info(f"{name} has a single recursion: there is no depth to scale. Pick a recursive checkpoint.")
         return
     k, fixed = depth_controls(R)
-    common.sync_query(ckpt=name, text=text, cap=k, mode="fixed" if fixed else "router")
+    widgets.sync_query(ckpt=name, text=text, cap=k, mode="fixed" if fixed else "router")
 
-    trace = common.get_trace(name, text, depth_cap=None if fixed or k == R else k,
+    trace = traces.get_trace(name, text, depth_cap=None if fixed or k == R else k,
                              fixed_depth=k if fixed else None)
     if not trace["tokens"]:
-        controls.empty_text_note()
+        widgets.empty_text_note()
         return
-    controls.window_note(trace, info["context"])
-    controls.summary_metrics(views.summary(name, trace), R)
+    widgets.window_note(trace, info["context"])
+    widgets.summary_metrics(traces.summary(name, trace), R)
     timing = st.container()  # filled once the sweep below has timed every setting
-    controls.heatmap(trace, info["routing"])
+    widgets.heatmap(trace, info["routing"])
 
-    sweep = views.scaling_sweep(name, text)
+    sweep = traces.scaling_sweep(name, text)
     table = sweep["table"]
-    setting = (views.SETTING_NAMES["fixed" if fixed else "cap"], k)
+    setting = (traces.SETTING_NAMES["fixed" if fixed else "cap"], k)
     current = table[(table["setting"] == setting[0]) & (table["k"] == k)].iloc[0]
     free = table[table["free_choice"]].iloc[0]
     passes = f"fastest of {sweep['rounds']} forward passes"
@@ -84,7 +82,7 @@ def main() -> None:
     cols[0].download_button("Chart data (CSV)", table.to_csv(index=False), "mor_scaling.csv", "text/csv",
                             key="dl_scaling_csv")
     if cols[1].button("Measure the times again", key="scaling_remeasure"):
-        views.scaling_sweep.clear()
+        traces.scaling_sweep.clear()
         st.rerun()
 
 

@@ -4,8 +4,10 @@
 `lens` (the recursion lens: each token's prediction after every recursion step; where depth
 helped: next-token NLL at every depth cap), `stats` (depth statistics over a corpus by token
 class, frequency band, position and token), `kv` (KV-cache bytes per strategy and step), `probe`
-(the addition probe), `results` (`mor results`: docs/results.md), `bench` (`mor bench`:
-docs/performance.md), `cli` (`mor eval`, `mor trace`, `mor lens`, `mor gain`, `mor stats`, `mor probe`).
+(the addition probe), `results` (`mor results`: the suite's measurements), `bench` (`mor bench`: speed, memory and
+FLOPs), `report` (renders docs/results.md and docs/performance.md from those two's data, with the
+shared plots; it measures nothing), `naive` (the masked full-width decoding path the benchmark
+compares against), `cli` (`mor eval`, `mor trace`, `mor lens`, `mor gain`, `mor stats`, `mor probe`).
 """
 
 from .kv import KVReport, kv_report, with_kv_cache

@@ -1,20 +1,49 @@
-"""`mor bench`: decode speed, prefill time, K/V memory and FLOPs of the shipped checkpoints.
+"""`mor bench`: serving throughput and latency, decode speed, prefill time, K/V memory and FLOPs of
+the shipped checkpoints.
 
-    mor bench                                   # every checkpoint, writes docs/performance.md
-    mor bench --checkpoints vanilla mor-ec-r3 --batch-sizes 1 32 --repeats 3 --json
-    python -m mor.analysis.bench --help                  # the same command without the `mor` entry point
+    mor bench                                   # every checkpoint, writes docs/performance.md (+ .json, PNGs)
+    mor bench --serving-widths 1 4 16 32 64 128 --serving-requests-per-slot 4 --serving-new-tokens 32
+    mor bench --checkpoints vanilla mor-ec-r3 mor-ec-r3-sparse --serving-widths 16 64 --batch-sizes 16 --repeats 3
+    mor bench --serving-widths --no-llama       # no serving section, no Llama reference
+    mor bench --matmul-sizes 512 1024 2048      # where the matmul peak is measured
+    mor bench --from-json docs/performance.json # re-render the report from saved data, no measuring
+    python -m mor.analysis.bench --help         # the same command without the `mor` entry point
 
-For every checkpoint and batch size B it runs three decoding paths on the same prompts (windows of
-the validation split when `data/` has one, else seeded random ids), greedy, float32, end-of-text
-ignored so every request decodes exactly --new-tokens tokens:
+This module measures and returns plain data (what --json prints and performance.json holds);
+`summarize` adds what the numbers say, as numbers (`derive_serving`, `targets`, `findings`); the
+markdown and the plots are rendered from that data by `mor.analysis.report` (performance.py,
+plots.py), which writes no sentence its numbers do not support.
 
-- naive:  the "naive path (full width, masked)" (`mor.inference.engine.naive_generate`): every recursion
-          step computes every token of a static batch of B and masks the update of tokens that
-          exited, as the paper's reference code does;
+Serving (issue 14's workload and targets, `measure_serving`): at every width W of
+--serving-widths (rows per pass, the engine's max_batch), --serving-requests-per-slot x W requests
+(default 4W) of --prompt-len real-text tokens all arrive at t = 0 and decode
+--serving-new-tokens tokens each (default 32), greedy, end-of-text ignored. Each checkpoint runs
+them on the engine (`Engine(model, max_batch=W)`, its default max_inflight and prefill_chunk);
+transformers' `LlamaForCausalLM.generate` of vanilla's dimensions runs the same requests W at a time
+(static batches, one after another). Wall time includes prefill: tokens/s = new tokens / wall
+seconds; time to first token (TTFT) per request counts from the start of the whole workload (so a
+later static batch waits for the earlier ones, as a queued request waits for the engine); per-token
+latency = the gaps between a request's consecutive tokens. Token times are `time.perf_counter()`
+stamps: at the engine event of the head pass that picked the token, and at each `put` of a
+`BaseStreamer` (`TokenTimes`) for generate. Model FLOPs of a run are closed-form
+(`run_flops`: every request's prompt tokens and fed-back new tokens through the layers at the
+mean depth the run measured over all of them, one LM-head row per new token), and GFLOP/s is set
+against this CPU's float32 matmul peak measured in the same run (`matmul_peak`: the median of
+several `torch.mm` of square matrices at --matmul-sizes, before and after the serving runs, the
+higher one). Repeats are interleaved (every subject once at a width, then again), medians reported.
+
+The per-batch paths. For every checkpoint and batch size B it runs three decoding paths on the same
+prompts (windows of the validation split when `data/` has one, else seeded random ids), greedy,
+float32, end-of-text ignored so every request decodes exactly --new-tokens tokens:
+
+- naive:  the "naive path (full width, masked)" (`mor.analysis.naive.naive_generate`): every
+          recursion step computes every token of a static batch of B and masks the update of
+          tokens that exited, as the paper's reference code does;
 - gather: `model.generate`'s loop (active-token gathering: each step runs only on the tokens
           still active) on a static batch of B;
-- engine: continuous depth-wise batching (`mor.inference.engine.Engine`, max_batch=B) over 2B requests, so
-          finished requests are replaced from the queue.
+- engine: continuous depth-wise batching (`mor.inference.engine.Engine`, max_batch=B) over 2B
+          requests; its decode seconds are its pass time less each pass's prompt-row share
+          (prompt chunks ride the same passes as decode tokens).
 
 Repeats are interleaved (every checkpoint and path once, then again) and medians reported. The
 same dimensions through transformers' `LlamaForCausalLM.generate` (random weights) are the
@@ -22,18 +51,18 @@ reference a user would otherwise run. Memory is reported twice: the K/V bytes a 
 the end of its generation (entries actually stored x 2 x G x D x 4 bytes), which is what
 recursion-wise caching changes, and the peak resident memory each run adds to the process
 (`PeakMemory`: the kernel's high-water mark, reset before the run; Linux only).
-FLOPs per decoded token come from `mor.flops.decode_flops_per_token` at the measured mean depth
-(full depth for the naive path, which computes it) and the mean context of the run.
+FLOPs per decoded token come from `mor.model.flops.decode_flops_per_token` at the measured mean
+depth (full depth for the naive path, which computes it) and the mean context of the run.
 
 Cost growth: a trace (one forward returning depths, router scores and NLL) against sequence
-length, and decode time per token against context length and batch size, plotted to PNG.
+length, and decode time per token against context length and batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import os
 import platform
 import statistics
@@ -42,11 +71,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.generation.streamers import BaseStreamer
 
-from ..inference.engine import Engine, naive_generate
+from ..inference.engine import Engine
+from ..model.configuration import MoRConfig
 from ..model.flops import decode_flops_per_token
 from ..model.loading import list_checkpoints, load, resolve_checkpoint
-from .report import save_figure
+from .naive import naive_generate
 
 PATHS = ("naive", "gather", "engine")
 PATH_TITLES = {
@@ -57,7 +88,20 @@ PATH_TITLES = {
 }
 DEFAULT_CHECKPOINTS = ("vanilla", "recursive-r3", "mor-ec-r3", "mor-tc-r3", "mor-ec-r3-kvshare", "mor-ec-r4",
                        "mor-ec-r3-lean", "mor-ec-r3-sparse")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
+ENGINE_REQUESTS = 2  # the per-batch engine path decodes ENGINE_REQUESTS x B requests with max_batch = B
+SERVING_WIDTHS = (1, 4, 16, 32, 64, 128)
+# Issue 14's targets, on the serving workload at every measured width: tokens/s (wall, prefill included)
+# on the engine over vanilla's on the engine ("speedup", per checkpoint), the measured speedup over
+# the one its run FLOPs predict ("ratio"), vanilla's engine over transformers' Llama generate on the
+# same requests ("vanilla_over_llama"); the workload they hold for (>= requests_per_slot x W requests
+# of real text, new tokens in new_tokens); and a 1,000-token trace in < 0.5 s. "speedup_default" is
+# what the ceilings ask of a routed checkpoint without a target of its own (mor-ec-r3's).
+THRESHOLDS = {"speedup": {"mor-ec-r3": 1.1, "mor-ec-r3-sparse": 1.4}, "ratio": {"mor-ec-r3": 0.9},
+              "vanilla_over_llama": 1.0, "requests_per_slot": 4, "new_tokens": [32, 64], "speedup_default": 1.1,
+              "trace_tokens": 1000, "trace_seconds": 0.5}
+PROFILE_WARMUP, PROFILE_STEPS = 6, 40  # engine events skipped, then profiled
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -122,26 +166,21 @@ def run_naive(model, prompts, batch: int, new_tokens: int) -> dict:
 
 
 def run_engine(model, prompts, batch: int, new_tokens: int, depth_cap: int | None = None) -> dict:
-    """Engine over all prompts with `batch` slots. Also the steady-state rate: the window in which
-    the queue was not empty, so every slot was busy (no start-up or drain)."""
+    """The engine over all prompts with max_batch=`batch` (rows per pass; max_inflight is the
+    engine's default, recorded). Decode seconds: the engine's pass time less each pass's share of
+    prompt rows (`EngineEvent.prefill_seconds`)."""
     engine = Engine(model, max_batch=batch, depth_cap=depth_cap)
     events = list(engine.stream(prompts, new_tokens, stop_at_eos=False))
     last = events[-1]
     depths = [d for _, ds in engine.results for d in ds]
     tokens = last.tokens_generated
-    full = [e for e in events if e.waiting > 0]
-    steady = None
-    if len(full) >= 4:
-        a, b = full[0], full[-1]
-        dt = (b.elapsed - b.prefill_seconds) - (a.elapsed - a.prefill_seconds)
-        if dt > 0:
-            steady = (b.tokens_generated - a.tokens_generated) / dt
     util = statistics.mean(e.block_items for e in events if e.block_items) / batch
     return {"prefill_seconds": last.prefill_seconds, "decode_seconds": last.elapsed - last.prefill_seconds,
             "tokens": tokens, "mean_depth": sum(depths) / max(len(depths), 1),
             "kv_bytes_per_request": statistics.mean(engine.request_kv_bytes),
-            "kv_bytes_allocated": engine.kv_bytes()["allocated"], "steady_tokens_per_second": steady,
+            "kv_bytes_allocated": engine.kv_bytes()["allocated"],
             "iterations": last.iteration, "block_utilisation": util,
+            "max_inflight": getattr(engine, "max_inflight", None),
             "passes_per_token": sum(engine.passes.values()) / max(tokens, 1)}
 
 
@@ -180,6 +219,189 @@ def run_llama(model, prompts, batch: int, new_tokens: int) -> dict:
 
 
 RUNNERS = {"naive": run_naive, "gather": run_gather, "engine": run_engine, "llama": run_llama}
+
+
+# ---- serving: issue 14's workload -----------------------------------------------------------------
+
+
+class TokenTimes(BaseStreamer):
+    """A `generate` streamer that only stamps time.perf_counter() at every `put`: the first put is
+    the prompt, each later one a decoding step's new tokens (one per row of the batch)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def put(self, value) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def percentile(values, q: float) -> float | None:
+    values = list(values)
+    return float(np.percentile(values, q)) if values else None
+
+
+def latency_stats(times: list[list[float]]) -> dict:
+    """Time to first token (one per request) and per-token latency (every gap between a request's
+    consecutive tokens), p50 and p95, from each request's token times (seconds since the start)."""
+    ttft = [t[0] for t in times if t]
+    gaps = [b - a for t in times for a, b in zip(t, t[1:])]
+    return {"ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+            "token_gap_p50": percentile(gaps, 50), "token_gap_p95": percentile(gaps, 95)}
+
+
+def serve_engine(model, prompts, width: int, new_tokens: int) -> dict:
+    """Every request on one engine (max_batch=`width`, its default max_inflight and prefill_chunk),
+    all arriving at t = 0; wall seconds include prefill and the stream's set-up. A token's time is
+    the perf_counter stamp at the event of the head pass that picked it. Mean depth: of the new
+    tokens (`depths`), and of every token through the layers (block-stage rows / tokens fed)."""
+    engine = Engine(model, max_batch=width)
+    times: list[list[float]] = [[] for _ in prompts]
+    t0 = time.perf_counter()
+    for event in engine.stream(prompts, new_tokens, stop_at_eos=False):
+        now = time.perf_counter() - t0
+        for i, _ in event.new_tokens:
+            times[i].append(now)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(t) for t in times)
+    depths = [d for _, ds in engine.results for d in ds]
+    stats = {name: dict(v) for name, v in engine.stage_stats.items()}
+    fed = sum(len(p) for p in prompts) + tokens
+    block_rows = sum(v["rows"] for name, v in stats.items() if name.startswith("block"))
+    return {"wall_seconds": wall, "tokens": tokens, "times": times, "mean_depth": sum(depths) / max(len(depths), 1),
+            "mean_depth_all": block_rows / max(fed, 1), "passes": engine.passes, "stage_stats": stats,
+            "max_inflight": engine.max_inflight, "prefill_chunk": engine.prefill_chunk}
+
+
+@torch.inference_mode()
+def serve_llama(model, prompts, width: int, new_tokens: int) -> dict:
+    """The same requests through `generate`, `width` at a time (static batches, one after another);
+    a request's token times count from the start of the whole workload (`TokenTimes`)."""
+    times: list[list[float]] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(prompts), width):
+        ids = torch.tensor(prompts[start:start + width], dtype=torch.long)
+        streamer = TokenTimes()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, streamer=streamer)
+        tokens += (out.shape[1] - ids.shape[1]) * ids.shape[0]
+        times += [[s - t0 for s in streamer.stamps[1:]]] * ids.shape[0]
+    wall = time.perf_counter() - t0
+    return {"wall_seconds": wall, "tokens": tokens, "times": times, "mean_depth": 1.0, "mean_depth_all": 1.0}
+
+
+def run_flops(config, prompt_len: int, new_tokens: int, requests: int, depth: float) -> float:
+    """Closed-form model FLOPs of a serving run: every request sends its `prompt_len` prompt tokens
+    and its first new_tokens - 1 new tokens through the layers (`decode_flops_per_token` at mean
+    depth `depth` and the mean context of those tokens, (prompt_len + new_tokens) / 2 keys) and
+    `new_tokens` rows through the LM head (the prompt's last token and each fed-back one)."""
+    head = 2 * config.vocab_size * config.hidden_size
+    stack = decode_flops_per_token(config, (prompt_len + new_tokens) / 2, depth) - head
+    return float(requests * ((prompt_len + new_tokens - 1) * stack + new_tokens * head))
+
+
+def matmul_peak(sizes, repeats: int = 5) -> dict:
+    """This CPU's float32 matmul rate at the bench's thread count: per size n, the median GFLOP/s
+    (2 n^3 FLOPs) of `repeats` torch.mm of random n x n matrices after a warm-up; the peak is the
+    best size's."""
+    rows = []
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            runs.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        rows.append({"size": n, "gflops": statistics.median(runs), "gflops_runs": runs})
+    best = max(rows, key=lambda r: r["gflops"])
+    return {"gflops": best["gflops"], "size": best["size"], "sizes": rows, "repeats": repeats,
+            "threads": torch.get_num_threads()}
+
+
+SERVERS = {"engine": serve_engine, "generate": serve_llama}
+
+
+def serving_runs(models, subjects, prompts_all, widths, per_slot, new_tokens, repeats, log) -> dict:
+    """Every (checkpoint, runner) subject at every width on per_slot x width requests, `repeats` times
+    interleaved; {(checkpoint, width): [run, ...]} with each run's token times reduced to
+    `latency_stats`."""
+    for name, runner in subjects:  # warm-up: one small untimed run of every subject
+        SERVERS[runner](models[name], prompts_all[:2], 2, 2)
+    runs: dict[tuple, list[dict]] = {}
+    t_start = time.perf_counter()
+    for w in widths:
+        for _ in range(repeats):
+            for name, runner in subjects:
+                r = SERVERS[runner](models[name], prompts_all[: per_slot * w], w, new_tokens)
+                r.update(latency_stats(r.pop("times")), requests=per_slot * w, runner=runner)
+                runs.setdefault((name, w), []).append(r)
+        log(f"  serving width {w}: done ({time.perf_counter() - t_start:.0f} s)")
+    return runs
+
+
+def serving_row(key: tuple, rs: list[dict], config, prompt_len: int, new_tokens: int) -> dict:
+    """One serving row: medians over the repeats of tokens/s, GFLOP/s and the latency percentiles;
+    depth, FLOPs and the engine's pass counts from the first repeat (greedy: the same every time)."""
+    name, w = key
+    first = rs[0]
+    flops = run_flops(config, prompt_len, new_tokens, first["requests"], first["mean_depth_all"])
+    tps = [r["tokens"] / r["wall_seconds"] for r in rs]
+    row = {"checkpoint": name, "runner": first["runner"], "width": w, "requests": first["requests"],
+           "tokens": first["tokens"], "wall_seconds": statistics.median(r["wall_seconds"] for r in rs),
+           "tokens_per_second": statistics.median(tps), "tokens_per_second_runs": tps,
+           "mean_depth": first["mean_depth"], "mean_depth_all": first["mean_depth_all"], "flops": flops,
+           "gflops_per_second": statistics.median(flops / r["wall_seconds"] / 1e9 for r in rs)}
+    for k in ("ttft_p50", "ttft_p95", "token_gap_p50", "token_gap_p95"):
+        row[k] = _median(r[k] for r in rs)
+    if first["runner"] == "engine":
+        stages = first["stage_stats"]
+        row.update(max_inflight=first["max_inflight"], prefill_chunk=first["prefill_chunk"],
+                   passes_per_token=sum(first["passes"].values()) / max(first["tokens"], 1),
+                   passes_per_token_by_stage={k: v / max(first["tokens"], 1) for k, v in first["passes"].items()},
+                   rows_per_run_by_stage={k: v["rows"] / v["runs"] for k, v in stages.items() if v["runs"]})
+    return row
+
+
+def measure_serving(models, names, vanilla, widths, per_slot, new_tokens, prompt_len, repeats, vocab, data_dir,
+                    matmul_sizes, log) -> dict:
+    """The serving section's data (see the module docstring): the matmul peak before and after, and
+    one row per (checkpoint or "llama", width)."""
+    prompts_all, source = make_prompts(per_slot * max(widths), prompt_len, vocab, data_dir)
+    subjects = [(n, "engine") for n in names] + ([("llama", "generate")] if "llama" in models else [])
+    before = matmul_peak(matmul_sizes)
+    runs = serving_runs(models, subjects, prompts_all, widths, per_slot, new_tokens, repeats, log)
+    after = matmul_peak(matmul_sizes)
+    peak = max(before, after, key=lambda p: p["gflops"])
+    rows = [serving_row(key, rs, models[vanilla if key[0] == "llama" else key[0]].config, prompt_len, new_tokens)
+            for key, rs in runs.items()]
+    return {"widths": list(widths), "requests_per_slot": per_slot, "new_tokens": new_tokens, "prompt_len": prompt_len,
+            "prompt_source": source, "repeats": repeats, "matmul_peak": {**peak, "measurements": [before, after]},
+            "rows": rows}
+
+
+def derive_serving(serving: dict, vanilla: str | None) -> None:
+    """What each serving row is against the others at its width (recomputed by `summarize` from the
+    measured fields): the share of the matmul peak, tokens/s over vanilla's engine and the speedup
+    its run FLOPs predict (vanilla's FLOPs over its own), their ratio, the speedup vanilla's passes
+    per token over its own predict (engine rows), and tokens/s over transformers' Llama."""
+    peak = serving["matmul_peak"]["gflops"]
+    index = {(r["checkpoint"], r["width"]): r for r in serving["rows"]}
+    for row in serving["rows"]:
+        row["peak_fraction"] = row["gflops_per_second"] / peak if peak else None
+        base, llama = index.get((vanilla, row["width"])), index.get(("llama", row["width"]))
+        row["speedup_vs_llama"] = row["tokens_per_second"] / llama["tokens_per_second"] if llama else None
+        if base is None:
+            row.update(speedup_vs_vanilla=None, predicted_speedup=None, speedup_ratio=None)
+            continue
+        row["speedup_vs_vanilla"] = row["tokens_per_second"] / base["tokens_per_second"]
+        row["predicted_speedup"] = base["flops"] / row["flops"]
+        row["speedup_ratio"] = row["speedup_vs_vanilla"] / row["predicted_speedup"]
+        if row.get("passes_per_token") and base.get("passes_per_token"):
+            row["passes_predicted_speedup"] = base["passes_per_token"] / row["passes_per_token"]
 
 
 class PeakMemory:
@@ -274,197 +496,262 @@ def other_cpu_load(seconds: float = 1.0) -> float | None:
     return busy * (os.cpu_count() or 1)
 
 
-def run_benchmark(checkpoints, batch_sizes, new_tokens, prompt_len, repeats, growth_lengths, growth_batches,
-                  llama=True, profile=True, threads=2, data_dir=None, log=print) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
-    load_before = other_cpu_load()
-    if load_before is not None and load_before > 0.25 * (os.cpu_count() or 1):
-        log(f"bench: warning: other processes keep {load_before:.1f} of {os.cpu_count()} CPUs busy; they will "
-            "distort the timings (multi-threaded operators suffer most)")
+def load_models(checkpoints) -> dict:
+    """{folder name: model} on the CPU, end-of-text ignored (every path decodes exactly --new-tokens)."""
     models = {}
     for name in checkpoints:
         folder = resolve_checkpoint(name)
         model, _ = load(folder, device="cpu", with_tokenizer=False)
-        model.config.eos_token_id = None  # decode exactly --new-tokens tokens in every path
+        model.config.eos_token_id = None
         models[folder.name] = model
-    names = list(models)
-    vocab = min(m.config.vocab_size for m in models.values())
-    data_dir = Path(data_dir) if data_dir else ROOT / "data"
-    max_b = max(batch_sizes)
-    prompts_all, source = make_prompts(2 * max_b, prompt_len, vocab, data_dir)
-    vanilla = next((n for n in names if models[n].config.num_recursions == 1), None)
-    subjects = [(n, p) for n in names for p in PATHS]
-    if llama and vanilla:
-        models["llama"] = llama_twin(models[vanilla].config)
-        subjects.append(("llama", "llama"))
-    log(f"bench: {len(names)} checkpoints, batch sizes {batch_sizes}, {new_tokens} new tokens, prompts of "
-        f"{prompt_len} ({source}), {repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    return models
 
-    # warm-up: one small untimed run of every subject
-    for name, path in subjects:
+
+def prompts_for(path: str, batch: int, prompts_all: list) -> list:
+    """The prompts a run of `path` at `batch` decodes: ENGINE_REQUESTS x batch for the engine."""
+    return prompts_all[: ENGINE_REQUESTS * batch] if path == "engine" else prompts_all[:batch]
+
+
+def timed_runs(models, subjects, prompts_all, batch_sizes, repeats, new_tokens, log) -> dict[tuple, list[dict]]:
+    """Every (checkpoint, path) subject at every batch size, `repeats` times interleaved, each run
+    inside `PeakMemory`; {(checkpoint, path, batch): [run, ...]}."""
+    for name, path in subjects:  # warm-up: one small untimed run of every subject
         RUNNERS[path](models[name], prompts_all[:2], 2, 2)
-
     runs: dict[tuple, list[dict]] = {}
     t_start = time.perf_counter()
     for b in batch_sizes:
-        for rep in range(repeats):
+        for _ in range(repeats):
             for name, path in subjects:
-                prompts = prompts_all[: 2 * b] if path == "engine" else prompts_all[:b]
                 with PeakMemory() as mem:
-                    r = RUNNERS[path](models[name], prompts, b, new_tokens)
+                    r = RUNNERS[path](models[name], prompts_for(path, b, prompts_all), b, new_tokens)
                 r["peak_memory_bytes"] = mem.bytes
                 runs.setdefault((name, path, b), []).append(r)
         log(f"  batch {b}: done ({time.perf_counter() - t_start:.0f} s)")
+    return runs
 
-    context = prompt_len + (new_tokens + 1) / 2  # mean context of a decoded token
-    results = []
-    for (name, path, b), rs in runs.items():
-        tps = [r["tokens"] / r["decode_seconds"] for r in rs]
-        row = {"checkpoint": name, "path": path, "batch_size": b,
-               "decode_tokens_per_second": statistics.median(tps), "decode_tokens_per_second_runs": tps,
-               "prefill_seconds_per_prompt": statistics.median(r["prefill_seconds"] for r in rs) / len(
-                   prompts_all[: (2 * b if path == "engine" else b)]),
-               "mean_depth": rs[0]["mean_depth"], "kv_bytes_per_request": rs[0]["kv_bytes_per_request"]}
-        peaks = [r["peak_memory_bytes"] for r in rs if r["peak_memory_bytes"] is not None]
-        row["peak_memory_bytes"] = statistics.median(peaks) if peaks else None
-        if path == "engine":
-            steady = [r["steady_tokens_per_second"] for r in rs if r["steady_tokens_per_second"]]
-            row["steady_tokens_per_second"] = statistics.median(steady) if steady else None
-            row["kv_bytes_allocated"] = rs[0]["kv_bytes_allocated"]
-            row["block_utilisation"] = statistics.median(r["block_utilisation"] for r in rs)
-            row["passes_per_token"] = rs[0]["passes_per_token"]
-        cfg = models[vanilla if name == "llama" else name].config
-        depth = cfg.num_recursions if (path == "naive" or name == "llama") else row["mean_depth"]
-        row["flops_per_token"] = decode_flops_per_token(cfg, int(context), depth)
-        results.append(row)
 
-    def find(name, path, b):
-        return next((r for r in results if (r["checkpoint"], r["path"], r["batch_size"]) == (name, path, b)), None)
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
+
+def result_row(key: tuple, rs: list[dict], config, prompts_all: list, context: float) -> dict:
+    """One results row: medians over the repeats of (checkpoint, path, batch), and decode FLOPs
+    per token at the measured mean depth (full depth for the naive path and the Llama reference)."""
+    name, path, b = key
+    tps = [r["tokens"] / r["decode_seconds"] for r in rs]
+    row = {"checkpoint": name, "path": path, "batch_size": b,
+           "decode_tokens_per_second": statistics.median(tps), "decode_tokens_per_second_runs": tps,
+           "prefill_seconds_per_prompt": statistics.median(r["prefill_seconds"] for r in rs)
+           / len(prompts_for(path, b, prompts_all)),
+           "mean_depth": rs[0]["mean_depth"], "kv_bytes_per_request": rs[0]["kv_bytes_per_request"],
+           "peak_memory_bytes": _median(r["peak_memory_bytes"] for r in rs)}
+    if path == "engine":
+        row.update(kv_bytes_allocated=rs[0]["kv_bytes_allocated"],
+                   block_utilisation=statistics.median(r["block_utilisation"] for r in rs),
+                   passes_per_token=rs[0]["passes_per_token"], max_inflight=rs[0].get("max_inflight"))
+    depth = config.num_recursions if path in ("naive", "llama") else row["mean_depth"]
+    row["flops_per_token"] = decode_flops_per_token(config, int(context), depth)
+    return row
+
+
+def finder(results: list[dict]):
+    """find(checkpoint, path, batch) -> the results row or None."""
+    index = {(r["checkpoint"], r["path"], r["batch_size"]): r for r in results}
+    return lambda name, path, b: index.get((name, path, b))
+
+
+def add_speedups(results: list[dict], vanilla: str | None) -> None:
+    """Each row against vanilla at the same batch: FLOPs-predicted and measured speedup on the same
+    path (Llama against vanilla's gather path), their ratio, against vanilla's fastest path, and for
+    the engine the weight-pass prediction."""
+    find = finder(results)
     for row in results:
-        base = find(vanilla, row["path"] if row["path"] != "llama" else "gather", row["batch_size"]) if vanilla else None
+        b = row["batch_size"]
+        base = find(vanilla, row["path"] if row["path"] != "llama" else "gather", b) if vanilla else None
         if base is None:
             row.update(predicted_speedup=None, measured_speedup=None, speedup_ratio=None)
             continue
         row["predicted_speedup"] = base["flops_per_token"] / row["flops_per_token"]
         row["measured_speedup"] = row["decode_tokens_per_second"] / base["decode_tokens_per_second"]
         row["speedup_ratio"] = row["measured_speedup"] / row["predicted_speedup"]
-        best = max((find(vanilla, p, row["batch_size"]) for p in PATHS), key=lambda r: r["decode_tokens_per_second"])
+        best = max((find(vanilla, p, b) for p in PATHS), key=lambda r: r["decode_tokens_per_second"])
         row["speedup_vs_best_vanilla"] = row["decode_tokens_per_second"] / best["decode_tokens_per_second"]
         if row["path"] == "engine":
-            v = find(vanilla, "engine", row["batch_size"])
-            row["passes_predicted_speedup"] = v["passes_per_token"] / row["passes_per_token"]
+            row["passes_predicted_speedup"] = base["passes_per_token"] / row["passes_per_token"]
             row["passes_ratio"] = row["measured_speedup"] / row["passes_predicted_speedup"]
-        if row["path"] == "engine" and row.get("steady_tokens_per_second") and find(vanilla, "engine", row["batch_size"]).get(
-                "steady_tokens_per_second"):
-            row["steady_speedup"] = row["steady_tokens_per_second"] / find(vanilla, "engine", row["batch_size"])[
-                "steady_tokens_per_second"]
 
-    # cost growth
+
+def measure_growth(models, names, vanilla, lengths, batches, repeats, vocab, data_dir) -> dict:
+    """Trace seconds against sequence length (THRESHOLDS' trace length always included) and engine
+    decode time per token against context, for vanilla and up to two routed checkpoints."""
     growth = {"trace": [], "decode": []}
-    growth_models = [n for n in names if n == vanilla or models[n].config.routing != "none"][:3] or names[:1]
-    long_ids, _ = make_prompts(1, max(growth_lengths + [1000]) if growth_lengths else 1, vocab, data_dir, seed=1)
-    if growth_lengths:
-        for name in growth_models:
-            m = models[name]
-            for length in sorted(set(growth_lengths + [1000])):
-                growth["trace"].append({"checkpoint": name, "seq_len": length,
-                                        "seconds": trace_seconds(m, length, max(repeats, 1), long_ids[0])})
-            for b in growth_batches:
-                for length in growth_lengths:
-                    n_new = min(16, max(length // 4, 2))
-                    ms = decode_ms_per_token(m, length, b, n_new,
-                                             lambda n, l: make_prompts(n, l, vocab, data_dir, seed=2)[0])
-                    growth["decode"].append({"checkpoint": name, "context": length, "batch_size": b,
-                                             "ms_per_token_per_request": ms, "tokens_per_second": 1000 * b / ms})
-        log(f"  growth: done ({time.perf_counter() - t_start:.0f} s)")
+    if not lengths:
+        return growth
+    chosen = [n for n in names if n == vanilla or models[n].config.routing != "none"][:3] or names[:1]
+    trace_lengths = sorted(set(lengths + [THRESHOLDS["trace_tokens"]]))
+    long_ids, _ = make_prompts(1, max(trace_lengths), vocab, data_dir, seed=1)
+    for name in chosen:
+        m = models[name]
+        for length in trace_lengths:
+            growth["trace"].append({"checkpoint": name, "seq_len": length,
+                                    "seconds": trace_seconds(m, length, max(repeats, 1), long_ids[0])})
+        for b in batches:
+            for length in lengths:
+                ms = decode_ms_per_token(m, length, b, min(16, max(length // 4, 2)),
+                                         lambda n, l: make_prompts(n, l, vocab, data_dir, seed=2)[0])
+                growth["decode"].append({"checkpoint": name, "context": length, "batch_size": b,
+                                         "ms_per_token_per_request": ms, "tokens_per_second": 1000 * b / ms})
+    return growth
 
+
+def run_benchmark(checkpoints, batch_sizes, new_tokens, prompt_len, repeats, growth_lengths, growth_batches,
+                  llama=True, profile=True, threads=2, data_dir=None, log=print, serving=None,
+                  matmul_sizes=(1024, 2048)) -> dict:
+    """The whole measurement (see the module docstring), as the data `mor bench --json` prints.
+    serving: {"widths", "requests_per_slot", "new_tokens"} of the serving section (None or no
+    widths: none)."""
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = other_cpu_load()
+    if load_before is not None and load_before > 0.25 * (os.cpu_count() or 1):
+        log(f"bench: warning: other processes keep {load_before:.1f} of {os.cpu_count()} CPUs busy; they will "
+            "distort the timings (multi-threaded operators suffer most)")
+    models = load_models(checkpoints)
+    names = list(models)
+    vanilla = next((n for n in names if models[n].config.num_recursions == 1), None)
+    vocab = min(m.config.vocab_size for m in models.values())
+    data_dir = Path(data_dir) if data_dir else ROOT / "data"
+    prompts_all, source = make_prompts(ENGINE_REQUESTS * max(batch_sizes), prompt_len, vocab, data_dir)
+    subjects = [(n, p) for n in names for p in PATHS]
+    if llama and vanilla:
+        models["llama"] = llama_twin(models[vanilla].config)
+        subjects.append(("llama", "llama"))
+    log(f"bench: {len(names)} checkpoints, batch sizes {batch_sizes}, {new_tokens} new tokens, prompts of "
+        f"{prompt_len} ({source}), {repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    t_start = time.perf_counter()
+    serve = {}
+    if serving and serving["widths"] and vanilla:
+        serve = measure_serving(models, names, vanilla, serving["widths"], serving["requests_per_slot"],
+                                serving["new_tokens"], prompt_len, repeats, vocab, data_dir, matmul_sizes, log)
+    runs = timed_runs(models, subjects, prompts_all, batch_sizes, repeats, new_tokens, log)
+    context = prompt_len + (new_tokens + 1) / 2  # mean context of a decoded token
+    results = [result_row(key, rs, models[vanilla if key[0] == "llama" else key[0]].config, prompts_all, context)
+               for key, rs in runs.items()]
+    add_speedups(results, vanilla)
+    growth = measure_growth(models, names, vanilla, growth_lengths, growth_batches, repeats, vocab, data_dir)
+    log(f"  growth: done ({time.perf_counter() - t_start:.0f} s)")
     sweep = {}
     if vanilla and any(models[n].config.routing != "none" for n in names):
-        b = max([x for x in batch_sizes if x <= 32] or [min(batch_sizes)])
-        sweep = depth_cap_sweep(models, names, vanilla, b, prompts_all, new_tokens, repeats,
+        sweep = depth_cap_sweep(models, names, vanilla, profile_batch(batch_sizes), prompts_all, new_tokens, repeats,
                                 ROOT / "docs" / "results.json")
         log(f"  depth caps: done ({time.perf_counter() - t_start:.0f} s)")
-    prof = profile_engine(models, names, vanilla, batch_sizes, prompts_all, new_tokens) if profile else {}
-    if profile:
-        log(f"  profile: done ({time.perf_counter() - t_start:.0f} s)")
-    return {
-        "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                 "cpus": os.cpu_count(), "new_tokens": new_tokens, "prompt_len": prompt_len, "repeats": repeats,
-                 "batch_sizes": list(batch_sizes), "prompt_source": source, "vanilla": vanilla,
-                 "mean_context": context, "seconds": time.perf_counter() - t_start,
-                 "other_cpu_load_at_start": load_before},
-        "checkpoints": {n: describe(models[n]) for n in names},
-        "configs": {n: models[n].config.to_diff_dict() for n in names},
-        "results": results,
-        "growth": growth,
-        "profile": prof,
-        "depth_caps": sweep,
-        "targets": targets(results, growth, vanilla, models),
-    }
+    prof = profile_engine(models, names, vanilla, profile_batch(batch_sizes), prompts_all, new_tokens) if profile else {}
+    meta = run_meta(new_tokens, prompt_len, repeats, batch_sizes, source, vanilla, context, subjects)
+    meta.update(seconds=time.perf_counter() - t_start, other_cpu_load_at_start=load_before)
+    report = {"meta": meta, "checkpoints": {n: describe(models[n]) for n in names},
+              "configs": {n: models[n].config.to_diff_dict() for n in names},
+              "results": results, "growth": growth, "profile": prof, "depth_caps": sweep, "serving": serve}
+    return summarize(report)
 
 
-def profile_engine(models, names, vanilla, batch_sizes, prompts_all, new_tokens) -> dict:
-    """torch.profiler over 40 steady-state Engine iterations (after a few start-up ones) of vanilla
-    and of each routed model at the largest batch <= 32: CPU time per decoded token split into
-    matrix multiplies, the K/V row gather (index_select) and everything else, and aten calls."""
-    import itertools
+def run_meta(new_tokens, prompt_len, repeats, batch_sizes, source, vanilla, context, subjects) -> dict:
+    """The report's "meta": the machine, the software and the settings of the per-batch paths."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "new_tokens": new_tokens, "prompt_len": prompt_len, "repeats": repeats,
+            "batch_sizes": list(batch_sizes), "prompt_source": source, "vanilla": vanilla, "mean_context": context,
+            "paths": [p for p in (*PATHS, "llama") if any(s[1] == p for s in subjects)], "path_titles": PATH_TITLES,
+            "engine_requests_per_batch": ENGINE_REQUESTS}
 
+
+def profile_batch(batch_sizes) -> int:
+    """The batch size of the profile and the depth-cap sweep: the largest measured one <= 32."""
+    return max([x for x in batch_sizes if x <= 32] or [min(batch_sizes)])
+
+
+# ---- where the time goes ---------------------------------------------------------------------------
+
+
+def _decode_ms(a, z) -> float:
+    """Engine decode milliseconds between two events (prefill time excluded)."""
+    return 1000 * ((z.elapsed - z.prefill_seconds) - (a.elapsed - a.prefill_seconds))
+
+
+def _pass_costs(model, batch: int, prompts, new_tokens: int) -> dict:
+    """Without the profiler: the wall time per token over the window `_profiled` profiles, and over
+    the whole stream the decode time per weight pass and the rows a pass carries on average."""
+    engine = Engine(model, max_batch=batch)
+    stream = engine.stream(prompts, max(new_tokens, 48), stop_at_eos=False)
+    events = list(itertools.islice(stream, PROFILE_WARMUP + PROFILE_STEPS))
+    final = ([*events, *stream] or [None])[-1]
+    a, z = (events[PROFILE_WARMUP - 1], events[-1]) if len(events) == PROFILE_WARMUP + PROFILE_STEPS else (None, None)
+    passes = sum(engine.passes.values())
+    return {"wall_ms_per_token_unprofiled": _decode_ms(a, z) / max(z.tokens_generated - a.tokens_generated, 1) if a else None,
+            "ms_per_pass": 1000 * (final.elapsed - final.prefill_seconds) / passes if final and passes else None,
+            "rows_per_pass": engine.pass_rows / max(passes, 1)}
+
+
+def _profiled(model, batch: int, prompts, new_tokens: int) -> dict | None:
+    """torch.profiler over PROFILE_STEPS engine events after PROFILE_WARMUP start-up ones."""
     from torch.profiler import ProfilerActivity, profile
 
-    b = max([x for x in batch_sizes if x <= 32] or [min(batch_sizes)])
-    out = {"batch_size": b, "models": {}}
-    matmul = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-    for name in names:
-        if name != vanilla and models[name].config.routing == "none":
-            continue
-        def decode_ms(a, z):
-            return 1000 * ((z.elapsed - z.prefill_seconds) - (a.elapsed - a.prefill_seconds))
+    stream = Engine(model, max_batch=batch).stream(prompts, max(new_tokens, 48), stop_at_eos=False)
+    first = None
+    for first in itertools.islice(stream, PROFILE_WARMUP):
+        pass
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        window = list(itertools.islice(stream, PROFILE_STEPS))
+    for _ in stream:  # finish the stream outside the profiler
+        pass
+    if not window or first is None:
+        return None
+    return _breakdown(prof.key_averages(), window[-1].tokens_generated - first.tokens_generated, len(window))
 
-        # the same window once without the profiler, for the true wall time per token
-        engine = Engine(models[name], max_batch=b)
-        stream = engine.stream(prompts_all[: 2 * b], max(new_tokens, 48), stop_at_eos=False)
-        events = list(itertools.islice(stream, 46))
-        final = ([*events, *stream] or [None])[-1]
-        wall = (decode_ms(events[5], events[-1]) / max(events[-1].tokens_generated - events[5].tokens_generated, 1)
-                if len(events) == 46 else None)
-        # the whole stream's decode time over its weight passes, and the items a pass carries
-        passes = sum(engine.passes.values())
-        rows_per_pass = engine.pass_rows / max(passes, 1)
-        ms_per_pass = 1000 * (final.elapsed - final.prefill_seconds) / passes if final and passes else None
-        engine = Engine(models[name], max_batch=b)
-        stream = engine.stream(prompts_all[: 2 * b], max(new_tokens, 48), stop_at_eos=False)
-        first = None
-        for first in itertools.islice(stream, 6):
-            pass
-        window = []
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            window = list(itertools.islice(stream, 40))
-        for _ in stream:  # finish the stream outside the profiler
-            pass
-        if not window or first is None:
-            continue
-        tokens = window[-1].tokens_generated - first.tokens_generated
-        events = prof.key_averages()
-        total = sum(e.self_cpu_time_total for e in events)  # microseconds
-        mm = sum(e.self_cpu_time_total for e in events if e.key in matmul)
-        gather = sum(e.self_cpu_time_total for e in events if e.key == "aten::index_select")
-        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-        per_token = 1e-3 / max(tokens, 1)  # us -> ms per token
-        out["models"][name] = {
-            "iterations": len(window), "tokens": tokens,
+
+def _breakdown(events, tokens: int, steps: int) -> dict:
+    """CPU time per decoded token split into matrix multiplies, the K/V row gather (index_select)
+    and everything else, aten calls, and the top operators (profiler times are microseconds)."""
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    gather = sum(e.self_cpu_time_total for e in events if e.key == "aten::index_select")
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    per_token = 1e-3 / max(tokens, 1)  # us -> ms per token
+    calls = sum(e.count for e in events)
+    return {"iterations": steps, "tokens": tokens,
             "matmul_share": mm / total if total else None, "gather_share": gather / total if total else None,
             "ms_per_token": {"matmul": mm * per_token, "kv_gather": gather * per_token,
                              "other": (total - mm - gather) * per_token},
-            "wall_ms_per_token_unprofiled": wall,
-            "ms_per_pass": ms_per_pass, "rows_per_pass": rows_per_pass,
-            "aten_calls_per_iteration": sum(e.count for e in events) / len(window),
-            "aten_calls_per_token": sum(e.count for e in events) / max(tokens, 1),
-            "top": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in top],
-        }
+            "aten_calls_per_iteration": calls / steps, "aten_calls_per_token": calls / max(tokens, 1),
+            "top": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in top]}
+
+
+def profile_engine(models, names, vanilla, batch, prompts_all, new_tokens) -> dict:
+    """Where the engine's time goes, for vanilla and each routed model at `batch`: `_profiled`'s
+    breakdown with `_pass_costs`' unprofiled numbers beside it."""
+    out = {"batch_size": batch, "warmup_events": PROFILE_WARMUP, "events": PROFILE_STEPS, "models": {}}
+    prompts = prompts_all[: ENGINE_REQUESTS * batch]
+    for name in names:
+        if name != vanilla and models[name].config.routing == "none":
+            continue
+        costs = _pass_costs(models[name], batch, prompts, new_tokens)
+        breakdown = _profiled(models[name], batch, prompts, new_tokens)
+        if breakdown is not None:
+            out["models"][name] = {**breakdown, **costs}
     return out
+
+
+def validation_nll(results_json: Path) -> dict:
+    """{checkpoint: {depth cap or None (the router's own rule): validation NLL}} from a results.json
+    (`mor results`; a dict with "rows", or the plain list older versions wrote); {} without one."""
+    if not results_json.is_file():
+        return {}
+    data = json.loads(results_json.read_text(encoding="utf-8"))
+    nll = {}
+    for row in data["rows"] if isinstance(data, dict) else data:
+        nll[row["name"]] = {int(k): v for k, v in row.get("cap_nll", {}).items()}
+        nll[row["name"]][None] = row["val_nll"]
+    return nll
 
 
 def depth_cap_sweep(models, names, vanilla, batch, prompts, new_tokens, repeats, results_json: Path) -> dict:
@@ -472,17 +759,14 @@ def depth_cap_sweep(models, names, vanilla, batch, prompts, new_tokens, repeats,
     below N_r and under its own rule, interleaved with vanilla's engine; median decode tokens/s,
     the speedup over vanilla, and the validation NLL of that setting from docs/results.json (the
     quality side of the trade, measured by `mor results`) when it is there."""
-    nll = {}
-    if results_json.is_file():
-        for row in json.loads(results_json.read_text(encoding="utf-8")):
-            nll[row["name"]] = {int(k): v for k, v in row.get("cap_nll", {}).items()}
-            nll[row["name"]][None] = row["val_nll"]
+    nll = validation_nll(results_json)
     subjects = [(vanilla, None)] + [(n, cap) for n in names if models[n].config.routing != "none"
                                     for cap in [*range(1, models[n].config.num_recursions), None]]
     runs: dict[tuple, list[dict]] = {}
     for _ in range(repeats):
         for name, cap in subjects:
-            runs.setdefault((name, cap), []).append(run_engine(models[name], prompts[: 2 * batch], batch, new_tokens, cap))
+            runs.setdefault((name, cap), []).append(
+                run_engine(models[name], prompts[: ENGINE_REQUESTS * batch], batch, new_tokens, cap))
     rows = []
     for (name, cap), rs in runs.items():
         tps = statistics.median(r["tokens"] / r["decode_seconds"] for r in rs)
@@ -496,233 +780,160 @@ def depth_cap_sweep(models, names, vanilla, batch, prompts, new_tokens, repeats,
     return {"batch_size": batch, "rows": rows}
 
 
-def targets_from_report(report: dict) -> dict:
-    """`targets` recomputed from a saved report (configs stand in for the models)."""
-    from types import SimpleNamespace
-
-    from ..model.configuration import MoRConfig
-
-    models = {n: SimpleNamespace(config=MoRConfig(**c)) for n, c in report["configs"].items()}
-    return targets(report["results"], report["growth"], report["meta"]["vanilla"], models)
+# ---- what the numbers say, as data (the report words it; nothing here writes prose) ---------------
 
 
-def targets(results, growth, vanilla, models) -> dict:
-    """The issue's targets: engine MoR >= 0.9 of its FLOPs-predicted speedup and >= 1.3x vanilla
-    decode tokens/s at batch >= 16; a 1,000-token trace under 0.5 s."""
-    rows = [r for r in results if r["path"] == "engine" and r["batch_size"] >= 16 and r["checkpoint"] in models
-            and r["checkpoint"] != "llama" and models[r["checkpoint"]].config.routing != "none"
-            and r.get("predicted_speedup")]
-    out = {"engine_rows": [{k: r.get(k) for k in ("checkpoint", "batch_size", "measured_speedup", "predicted_speedup",
-                                                     "speedup_ratio", "steady_speedup", "speedup_vs_best_vanilla")}
-                           for r in rows]}
-    for r, row in zip(out["engine_rows"], rows):
+def summarize(report: dict) -> dict:
+    """Add the derived data to a measured (or saved) report: `targets` and `findings`, recomputed
+    from the measurements, so `--from-json` renders exactly what a fresh run would."""
+    m = report["meta"]
+    m.setdefault("paths", list(dict.fromkeys(r["path"] for r in report["results"])))
+    m.setdefault("path_titles", PATH_TITLES)
+    report["targets"] = targets(report)
+    report["findings"] = findings(report)
+    return report
+
+
+def _ratio(a: dict | None, b: dict | None) -> float | None:
+    """a's decode tokens/s over b's (None when either row is missing)."""
+    return a["decode_tokens_per_second"] / b["decode_tokens_per_second"] if a and b else None
+
+
+def routed_engine_rows(report: dict, min_batch: int = 1) -> list[dict]:
+    """Engine rows of routed checkpoints with a vanilla baseline, at batch >= min_batch."""
+    info = report["checkpoints"]
+    return [r for r in report["results"] if r["path"] == "engine" and r["batch_size"] >= min_batch
+            and r["checkpoint"] in info and info[r["checkpoint"]]["routing"] != "none" and r.get("predicted_speedup")]
+
+
+def targets(report: dict) -> dict:
+    """The issue's targets (THRESHOLDS) against the measurements: each routed checkpoint's engine
+    rows at batch >= min_batch (speedup over vanilla's engine, its ratio to the FLOPs prediction,
+    and against vanilla's model.generate and HF Llama), which checkpoints meet the speedup and the
+    ratio target at every such batch, vanilla's own engine over its model.generate, and the trace
+    times at THRESHOLDS' length."""
+    t, vanilla = THRESHOLDS, report["meta"]["vanilla"]
+    find = finder(report["results"])
+    rows = routed_engine_rows(report, t["min_batch"])
+    out = {"thresholds": dict(t), "engine_rows": []}
+    for row in rows:
         b = row["batch_size"]
-        gen = next((x for x in results if x["checkpoint"] == vanilla and x["path"] == "gather" and x["batch_size"] == b), None)
-        hf = next((x for x in results if x["checkpoint"] == "llama" and x["batch_size"] == b), None)
-        r["speedup_vs_vanilla_generate"] = row["decode_tokens_per_second"] / gen["decode_tokens_per_second"] if gen else None
-        r["speedup_vs_hf_llama"] = row["decode_tokens_per_second"] / hf["decode_tokens_per_second"] if hf else None
-    # a target is met by a checkpoint when it holds at every batch size >= 16 measured
+        entry = {k: row.get(k) for k in ("checkpoint", "batch_size", "measured_speedup", "predicted_speedup",
+                                         "speedup_ratio", "steady_speedup", "speedup_vs_best_vanilla")}
+        entry["speedup_vs_vanilla_generate"] = _ratio(row, find(vanilla, "gather", b))
+        entry["speedup_vs_hf_llama"] = _ratio(row, find("llama", "llama", b))
+        out["engine_rows"].append(entry)
     names = sorted({r["checkpoint"] for r in rows})
-    out["ratio_met_by"] = [n for n in names if all(r["speedup_ratio"] >= 0.9 for r in rows if r["checkpoint"] == n)]
-    out["speedup_met_by"] = [n for n in names if all(r["measured_speedup"] >= 1.3 for r in rows if r["checkpoint"] == n)]
+    out["ratio_met_by"] = [n for n in names if all(r["speedup_ratio"] >= t["ratio"] for r in rows if r["checkpoint"] == n)]
+    out["speedup_met_by"] = [n for n in names if all(r["measured_speedup"] >= t["speedup"]
+                                                     for r in rows if r["checkpoint"] == n)]
     out["ratio_at_least_0.9"] = bool(out["ratio_met_by"])
     out["speedup_at_least_1.3"] = bool(out["speedup_met_by"])
-    traces = [t for t in growth["trace"] if t["seq_len"] == 1000]
-    out["trace_1000_seconds"] = {t["checkpoint"]: t["seconds"] for t in traces}
-    out["trace_under_0.5s"] = bool(traces) and all(t["seconds"] < 0.5 for t in traces)
+    batches = sorted({r["batch_size"] for r in rows})
+    out["vanilla_engine_over_generate"] = [
+        {"batch_size": b, "ratio": _ratio(find(vanilla, "engine", b), find(vanilla, "gather", b))}
+        for b in batches if find(vanilla, "engine", b) and find(vanilla, "gather", b)]
+    traces = [g for g in report["growth"]["trace"] if g["seq_len"] == t["trace_tokens"]]
+    out["trace_1000_seconds"] = {g["checkpoint"]: g["seconds"] for g in traces}
+    out["trace_under_0.5s"] = bool(traces) and all(g["seconds"] < t["trace_seconds"] for g in traces)
     return out
 
 
-# ---- report ----------------------------------------------------------------------------------------
+def _where(row: dict, key: str) -> dict:
+    return {"checkpoint": row["checkpoint"], "batch_size": row["batch_size"], "value": row[key]}
 
 
-def mib(x):
-    return None if x is None else x / 2**20
+def _extremes(rows: list[dict], key: str) -> dict:
+    """The lowest, the highest and the median of `key` over rows, with where the extremes are."""
+    return {"rows": len(rows), "median": statistics.median(r[key] for r in rows),
+            "lowest": _where(min(rows, key=lambda r: r[key]), key),
+            "highest": _where(max(rows, key=lambda r: r[key]), key)}
 
 
-def _fmt(x, spec=".2f", none="–"):
-    return none if x is None else format(x, spec)
+def findings(report: dict) -> dict:
+    """The numbers the report's analysis states, computed here once: how well FLOPs and weight
+    passes predict the measured engine speedup, the depth each routed model would need for the
+    speedup target, the three paths side by side at the largest batch, what a weight pass costs,
+    and the LM head's size."""
+    routed = routed_engine_rows(report)
+    vanilla = report["meta"]["vanilla"]
+    van = report["checkpoints"].get(vanilla)
+    return {"flops_fit": _extremes(routed, "speedup_ratio") if routed else None,
+            "pass_model": pass_model(report),
+            "ceilings": ceilings(report, routed),
+            "paths": path_comparison(report),
+            "pass_cost": pass_cost(report.get("profile") or {}),
+            "lm_head_multiply_adds": van["vocab_size"] * van["hidden_size"] if van else None}
 
 
-def plot(report: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    res = report["results"]
-    names = sorted({r["checkpoint"] for r in res if r["checkpoint"] != "llama"})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    for ax, path in zip(axes, PATHS):
-        for name in names:
-            rows = sorted((r for r in res if r["checkpoint"] == name and r["path"] == path), key=lambda r: r["batch_size"])
-            ax.plot([r["batch_size"] for r in rows], [r["decode_tokens_per_second"] for r in rows], "o-", label=name)
-        llama = sorted((r for r in res if r["checkpoint"] == "llama"), key=lambda r: r["batch_size"])
-        if llama:
-            ax.plot([r["batch_size"] for r in llama], [r["decode_tokens_per_second"] for r in llama], "k--",
-                    label="HF Llama (same dims)")
-        ax.set_xscale("log", base=2)
-        ax.set_title(PATH_TITLES[path], fontsize=10)
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("decode tokens / s")
-    axes[0].legend(fontsize=8)
-    files.append(save_figure(fig, out_dir / "perf_decode_vs_batch.png"))
-
-    g = report["growth"]
-    if g["trace"] or g["decode"]:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for name in sorted({t["checkpoint"] for t in g["trace"]}):
-            rows = sorted((t for t in g["trace"] if t["checkpoint"] == name), key=lambda t: t["seq_len"])
-            axes[0].plot([t["seq_len"] for t in rows], [t["seconds"] for t in rows], "o-", label=name)
-        axes[0].axhline(0.5, color="r", ls=":", label="0.5 s target (1,000 tokens)")
-        axes[0].set_xlabel("sequence length (tokens)")
-        axes[0].set_ylabel("trace seconds (forward + depths + scores + NLL)")
-        axes[0].legend(fontsize=8)
-        axes[0].grid(alpha=0.3)
-        for name in sorted({t["checkpoint"] for t in g["decode"]}):
-            for b in sorted({t["batch_size"] for t in g["decode"]}):
-                rows = sorted((t for t in g["decode"] if t["checkpoint"] == name and t["batch_size"] == b),
-                              key=lambda t: t["context"])
-                axes[1].plot([t["context"] for t in rows], [t["ms_per_token_per_request"] / b for t in rows], "o-",
-                             label=f"{name}, batch {b}")
-        axes[1].set_xlabel("context length (tokens)")
-        axes[1].set_ylabel("engine decode ms per token")
-        axes[1].legend(fontsize=8)
-        axes[1].grid(alpha=0.3)
-        files.append(save_figure(fig, out_dir / "perf_cost_growth.png"))
-    return files
+def pass_model(report: dict) -> dict | None:
+    """Weight passes per decoded token against the measured speedup: the engine rows of every
+    non-vanilla checkpoint at batch > 1, the median error of the pass prediction and of the FLOPs
+    prediction on the same rows, and vanilla's passes per token at the largest batch."""
+    vanilla = report["meta"]["vanilla"]
+    rows = [r for r in report["results"] if r["path"] == "engine" and r.get("passes_ratio") and r["batch_size"] > 1
+            and r["checkpoint"] not in (vanilla, "llama")]
+    if not rows:
+        return None
+    keys = ("checkpoint", "batch_size", "mean_depth", "passes_per_token", "passes_predicted_speedup",
+            "predicted_speedup", "measured_speedup", "passes_ratio")
+    big = max(r["batch_size"] for r in rows)
+    base = finder(report["results"])(vanilla, "engine", big)
+    return {"rows": [{k: r[k] for k in keys} for r in sorted(rows, key=lambda r: (r["checkpoint"], r["batch_size"]))],
+            "median_error": statistics.median(abs(r["passes_ratio"] - 1) for r in rows),
+            "flops_median_error": statistics.median(abs(r["speedup_ratio"] - 1) for r in rows),
+            "ratio": _extremes(rows, "passes_ratio"),
+            "vanilla_batch": big, "vanilla_passes_per_token": base["passes_per_token"] if base else None}
 
 
-def render_markdown(report: dict, images: list[str]) -> str:
-    m, res = report["meta"], report["results"]
-    vanilla = m["vanilla"]
-    lines = [
-        "# Performance", "",
-        "Regenerated by `mor bench` (mor/analysis/bench.py); the numbers below are measured on this machine "
-        f"({m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}, {m['date']}). "
-        f"Greedy float32 decoding of {m['new_tokens']} tokens after prompts of {m['prompt_len']} tokens "
-        f"({m['prompt_source']}), end-of-text ignored; medians of {m['repeats']} interleaved repeats. "
-        f"The whole run took {m['seconds']:.0f} s; other processes kept "
-        f"{_fmt(m.get('other_cpu_load_at_start'), '.2f')} CPUs busy at its start.", "",
-        "Paths: **naive** = the naive path (full width, masked: every step computes every token); "
-        "**gather** = `model.generate` (active-token gathering, static batch); **engine** = continuous "
-        "depth-wise batching (`mor.inference.engine.Engine`, max_batch = B, 2B requests so slots are refilled). "
-        "Decode tokens/s excludes prefill. *Predicted* = FLOPs-predicted speedup over vanilla on the same "
-        "path (`decode_flops_per_token` at the measured mean depth; full depth for naive), *measured* = "
-        "tokens/s ratio over vanilla on the same path, *ratio* = measured / predicted. KV = K/V bytes a "
-        "request holds at the end (entries stored, not buffer capacity). Peak MiB = the most resident memory "
-        "the run added to the process (prefill and decode of all its requests: caches, activations, "
-        "allocator slack; the weights were already loaded), read from the kernel's high-water mark.", "",
-    ]
-    for b in m["batch_sizes"]:
-        lines += [f"### Batch {b}", "",
-                  "| checkpoint | path | mean depth | decode tok/s | prefill ms/prompt | KV KiB/request | "
-                  "peak MiB | MFLOPs/token | predicted | measured | ratio |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        rows = [r for r in res if r["batch_size"] == b]
-        for r in sorted(rows, key=lambda r: (r["checkpoint"] == "llama", r["checkpoint"], PATHS.index(r["path"])
-                                              if r["path"] in PATHS else 9)):
-            steady = ""
-            if r["path"] == "engine" and r.get("steady_tokens_per_second"):
-                steady = f" (steady {r['steady_tokens_per_second']:.0f})"
-            kv = None if r["kv_bytes_per_request"] is None else r["kv_bytes_per_request"] / 1024
-            lines.append(
-                f"| {r['checkpoint']} | {r['path']} | {_fmt(r['mean_depth'])} | "
-                f"{r['decode_tokens_per_second']:.0f}{steady} | {1000 * r['prefill_seconds_per_prompt']:.1f} | "
-                f"{_fmt(kv, '.0f')} | {_fmt(mib(r.get('peak_memory_bytes')), '.1f')} | {r['flops_per_token'] / 1e6:.2f} | {_fmt(r.get('predicted_speedup'))} | "
-                f"{_fmt(r.get('measured_speedup'))} | {_fmt(r.get('speedup_ratio'))} |")
-        lines.append("")
-    for img in images:
-        lines += [f"![{img}]({img})", ""]
+def ceilings(report: dict, routed: list[dict]) -> list[dict]:
+    """Per routed checkpoint at its measured mean decode depth (over batch sizes): the speedup its
+    FLOPs allow, and the mean depth the speedup target needs by FLOPs and by the weight-pass model."""
+    from ..model.configuration import MoRConfig
 
-    g = report["growth"]
-    if g["trace"]:
-        ctx = sorted({info.get("max_position_embeddings", 0) for info in report["configs"].values()})
-        lines += ["## Cost growth", "",
-                  "Trace = one forward returning depths, router scores and NLL (labels given). Lengths beyond a "
-                  f"checkpoint's trained context (max_position_embeddings: {', '.join(map(str, ctx))}) measure speed "
-                  "only; the rotary positions there are extrapolated.", "",
-                  "| checkpoint | " + " | ".join(str(L) for L in sorted({t['seq_len'] for t in g['trace']})) + " |",
-                  "|---|" + "---:|" * len({t['seq_len'] for t in g['trace']})]
-        for name in sorted({t["checkpoint"] for t in g["trace"]}):
-            cells = {t["seq_len"]: t["seconds"] for t in g["trace"] if t["checkpoint"] == name}
-            lines.append(f"| {name} | " + " | ".join(f"{1000 * cells[L]:.0f} ms" if L in cells else "–"
-                                                     for L in sorted({t['seq_len'] for t in g['trace']})) + " |")
-        lines.append("")
-    if g["decode"]:
-        lines += ["Engine decode time per token against context length:", "",
-                  "| checkpoint | batch | " + " | ".join(str(c) for c in sorted({t['context'] for t in g['decode']})) + " |",
-                  "|---|---:|" + "---:|" * len({t['context'] for t in g['decode']})]
-        for name in sorted({t["checkpoint"] for t in g["decode"]}):
-            for b in sorted({t["batch_size"] for t in g["decode"]}):
-                cells = {t["context"]: t for t in g["decode"] if t["checkpoint"] == name and t["batch_size"] == b}
-                lines.append(f"| {name} | {b} | " + " | ".join(
-                    f"{cells[c]['ms_per_token_per_request'] / b:.2f} ms" if c in cells else "–"
-                    for c in sorted({t['context'] for t in g['decode']})) + " |")
-        lines.append("")
-
-    sweep = report.get("depth_caps") or {}
-    if sweep.get("rows"):
-        lines += ["## Test-time depth caps on the engine", "",
-                  f"Batch {sweep['batch_size']}, every setting interleaved with {vanilla}'s engine in the same "
-                  "run. A cap k lets no token take more than k recursions (the router still decides below it); "
-                  "val NLL is that setting's validation NLL from docs/results.md (`mor results`), the quality "
-                  "side of the trade.", "",
-                  "| checkpoint | depth rule | mean depth | decode tok/s | x vanilla | passes/token | passes predict | val NLL |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in sweep["rows"]:
-            rule = "router (own rule)" if r["depth_cap"] is None else f"cap {r['depth_cap']}"
-            if r["checkpoint"] == vanilla:
-                rule = "all layers"
-            lines.append(f"| {r['checkpoint']} | {rule} | {r['mean_depth']:.2f} | {r['decode_tokens_per_second']:.0f} | "
-                         f"{r['speedup']:.2f} | {r['passes_per_token']:.3f} | {r['passes_predicted_speedup']:.2f} | "
-                         f"{_fmt(r.get('val_nll'), '.3f')} |")
-        lines.append("")
-    lines += ["## Targets", ""] + target_lines(report) + ["", "## Analysis", ""] + analysis_lines(report)
-    return "\n".join(lines) + "\n"
-
-
-def target_lines(report) -> list[str]:
-    t = report["targets"]
+    m, target = report["meta"], THRESHOLDS["speedup"]
+    base = next((r for r in report["results"] if r["checkpoint"] == m["vanilla"] and r["path"] == "engine"), None)
+    if base is None:
+        return []
     out = []
-    if t["engine_rows"]:
-        for r in t["engine_rows"]:
-            steady = ""
-            if r.get("steady_speedup"):
-                steady = (f" In the steady state (queue non-empty, every slot busy): {r['steady_speedup']:.2f}x, "
-                          f"{r['steady_speedup'] / r['predicted_speedup']:.2f} of predicted.")
-            out.append(f"- {r['checkpoint']}, engine, batch {r['batch_size']}: {r['measured_speedup']:.2f}x vanilla's "
-                       f"engine (target >= 1.3x), {r['speedup_ratio']:.2f} of the FLOPs-predicted "
-                       f"{r['predicted_speedup']:.2f}x (target >= 0.9); {r['speedup_vs_best_vanilla']:.2f}x vanilla's "
-                       f"fastest path.{steady}")
-        for key, what in (("ratio_met_by", "Ratio >= 0.9 of the FLOPs prediction"),
-                          ("speedup_met_by", ">= 1.3x vanilla's decode tokens/s (vanilla on the same engine)")):
-            met = t.get(key, [])
-            missed = sorted({r["checkpoint"] for r in t["engine_rows"]} - set(met))
-            out.append(f"- {what} at every batch >= 16: **{'met' if met else 'not met'}**"
-                       + (f" by {', '.join(met)}" if met else "")
-                       + (f"; missed by {', '.join(missed)}" if missed else "") + ".")
-        gen = [r for r in t["engine_rows"] if r.get("speedup_vs_vanilla_generate")]
-        if gen:
-            lo = min(gen, key=lambda r: r["speedup_vs_vanilla_generate"])
-            hi = max(gen, key=lambda r: r["speedup_vs_vanilla_generate"])
-            hf = [r["speedup_vs_hf_llama"] for r in t["engine_rows"] if r.get("speedup_vs_hf_llama")]
-            out.append(
-                f"- Against vanilla decoded the standard way (`model.generate`), the MoR engine is "
-                f"{lo['speedup_vs_vanilla_generate']:.2f}x ({lo['checkpoint']}, batch {lo['batch_size']}) to "
-                f"{hi['speedup_vs_vanilla_generate']:.2f}x ({hi['checkpoint']}, batch {hi['batch_size']})"
-                + (f", and {min(hf):.2f}x to {max(hf):.2f}x transformers' Llama of the same size" if hf else "")
-                + ". That comparison would meet 1.3x in places, but it credits MoR with the engine's own "
-                  "optimisations (fused, pre-transposed weights, in-place K/V, no per-step Python), which make "
-                  "vanilla just as much faster; the fair comparison is the same engine on both, above.")
-    else:
-        out.append("- No routed model at batch >= 16 with a vanilla baseline was measured.")
-    if t["trace_1000_seconds"]:
-        cells = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in t["trace_1000_seconds"].items())
-        out.append(f"- 1,000-token trace: {cells}: **{'met' if t['trace_under_0.5s'] else 'not met'}** (< 0.5 s).")
+    for name in sorted({r["checkpoint"] for r in routed}):
+        cfg = MoRConfig(**report["configs"][name])
+        depth = statistics.mean(r["mean_depth"] for r in routed if r["checkpoint"] == name)
+        out.append({"checkpoint": name, "mean_depth": depth, "num_recursions": cfg.num_recursions, "target": target,
+                    "flops_allow": base["flops_per_token"] / decode_flops_per_token(cfg, int(m["mean_context"]), depth),
+                    "depth_needed_flops": depth_for_speedup(cfg, base["flops_per_token"], int(m["mean_context"]), target),
+                    "depth_needed_passes": passes_depth_for_speedup(report, name, target)})
     return out
+
+
+def path_comparison(report: dict) -> dict | None:
+    """Decode tokens/s of the three paths at the largest batch, per non-vanilla checkpoint that
+    ran all three, and which path was fastest."""
+    vanilla, res = report["meta"]["vanilla"], report["results"]
+    others = [r for r in res if r["path"] in PATHS and r["checkpoint"] not in (vanilla, "llama")]
+    if not others:
+        return None
+    big = max(r["batch_size"] for r in others)
+    find = finder(res)
+    rows = []
+    for name in sorted({r["checkpoint"] for r in others}):
+        tps = {p: find(name, p, big) for p in PATHS}
+        if all(tps.values()):
+            tps = {p: r["decode_tokens_per_second"] for p, r in tps.items()}
+            rows.append({"checkpoint": name, **tps, "fastest": max(tps, key=tps.get)})
+    return {"batch_size": big, "rows": rows} if rows else None
+
+
+def pass_cost(profile: dict) -> dict | None:
+    """Unprofiled ms per weight pass against the rows a pass carries, over the profiled models."""
+    rows = [{"checkpoint": n, "ms_per_pass": p["ms_per_pass"], "rows_per_pass": p["rows_per_pass"]}
+            for n, p in (profile.get("models") or {}).items() if p.get("ms_per_pass") and p.get("rows_per_pass")]
+    if len(rows) < 2:
+        return None
+    fewest, most = min(rows, key=lambda r: r["rows_per_pass"]), max(rows, key=lambda r: r["rows_per_pass"])
+    return {"rows": rows, "fewest_rows": fewest, "most_rows": most,
+            "rows_ratio": most["rows_per_pass"] / fewest["rows_per_pass"],
+            "cost_ratio": most["ms_per_pass"] / fewest["ms_per_pass"]}
 
 
 def depth_for_speedup(config, vanilla_flops: float, context: int, target: float) -> float | None:
@@ -754,164 +965,47 @@ def passes_depth_for_speedup(report: dict, name: str, target: float) -> float | 
     return depth if depth >= 1 else None
 
 
-def analysis_lines(report) -> list[str]:
-    res, prof, m = report["results"], report["profile"], report["meta"]
-    vanilla = m["vanilla"]
-    out = []
-    eng = [r for r in res if r["path"] == "engine" and r.get("predicted_speedup") and r["checkpoint"] not in (vanilla, "llama")]
-    routed = [r for r in eng if report["checkpoints"][r["checkpoint"]]["routing"] != "none"]
-    if routed:
-        worst = min(routed, key=lambda r: r["speedup_ratio"])
-        best = max(routed, key=lambda r: r["speedup_ratio"])
-        out.append(
-            f"- Measured vs FLOPs-predicted (engine, routed checkpoints): the ratio ranges from "
-            f"{worst['speedup_ratio']:.2f} ({worst['checkpoint']}, batch {worst['batch_size']}) to "
-            f"{best['speedup_ratio']:.2f} ({best['checkpoint']}, batch {best['batch_size']}), median "
-            f"{statistics.median(r['speedup_ratio'] for r in routed):.2f}. FLOPs are not what decoding pays for "
-            "on this CPU at these batch sizes; weight passes are (next point).")
-    with_passes = [r for r in eng if r.get("passes_ratio") and r["batch_size"] > 1]
-    if with_passes:
-        fit = statistics.median(abs(r["passes_ratio"] - 1) for r in with_passes)
-        flops_fit = statistics.median(abs(r["speedup_ratio"] - 1) for r in with_passes)
-        out.append(
-            "- The weight-pass model. Every decoder-layer call and every LM-head call streams that matrix's "
-            "weights from memory and launches a fixed sequence of operators; at batch <= 64 on this CPU its "
-            "time hardly depends on how many items it carries (see *ms per pass* below). So decode time per "
-            "token follows *weight passes per decoded token*: vanilla makes its 8 layer passes and one head "
-            "pass for a whole batch of tokens; a MoR engine iteration makes a pass of every prelude, block and "
-            "coda layer and of the head, but finishes only the items that exit, about batch / mean depth of "
-            "them. The engine counts its passes (`Engine.passes`); their ratio to vanilla's predicts the "
-            f"measured speedup to within {100 * fit:.0f}% (median over the {len(with_passes)} engine rows at "
-            f"batch > 1), where the FLOPs prediction is off by {100 * flops_fit:.0f}%:")
-        out += ["", "| checkpoint | batch | mean depth | passes/token | passes predict | FLOPs predict | measured | "
-                    "measured / passes predict |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(with_passes, key=lambda r: (r["checkpoint"], r["batch_size"])):
-            out.append(f"| {r['checkpoint']} | {r['batch_size']} | {r['mean_depth']:.2f} | {r['passes_per_token']:.3f} | "
-                       f"{r['passes_predicted_speedup']:.2f} | {r['predicted_speedup']:.2f} | "
-                       f"{r['measured_speedup']:.2f} | {r['passes_ratio']:.2f} |")
-        out.append("")
-        lo = min(with_passes, key=lambda r: r["passes_ratio"])
-        hi = max(with_passes, key=lambda r: r["passes_ratio"])
-        big = max(x["batch_size"] for x in with_passes)
-        van_pass = next((r["passes_per_token"] for r in res if r["checkpoint"] == vanilla and r["path"] == "engine"
-                         and r["batch_size"] == big), None)
-        out.append(
-            (f"  Vanilla makes {van_pass:.3f} passes per token at batch {big}. " if van_pass else "  ")
-            + f"Measured / pass-predicted runs from {lo['passes_ratio']:.2f} ({lo['checkpoint']}, batch "
-            f"{lo['batch_size']}) to {hi['passes_ratio']:.2f} ({hi['checkpoint']}, batch {hi['batch_size']}). The "
-            "model counts every pass alike, but an LM-head pass costs more than a layer pass (8,192 outputs) and "
-            "is a larger share of a shallow router's passes, and gathered K/V rows cost extra; shared K/V "
-            "(kvshare) gathers least and attends over fewer entries, so it beats the model at large batches. "
-            "The FLOPs target is missed because on this machine the weight passes, not the FLOPs, set the "
-            "pace at these batch sizes.")
-    van_rows = [r for r in res if r["checkpoint"] == vanilla and r["path"] == "engine"]
-    ceiling = []
-    if van_rows and routed:
-        from ..model.configuration import MoRConfig
+def measure(args: argparse.Namespace, log) -> dict:
+    """run_benchmark on the checkpoints the arguments name (default: every shipped one of DEFAULT_CHECKPOINTS)."""
+    names = args.checkpoints
+    if not names:
+        found = {p.name for p in list_checkpoints()}
+        names = [n for n in DEFAULT_CHECKPOINTS if n in found] or sorted(found)
+        if not names:
+            raise FileNotFoundError("no checkpoints found; train some (mor train) or pass --checkpoints PATH ...")
+    if any(b < 1 for b in args.batch_sizes) or args.new_tokens < 1 or args.prompt_len < 1 or args.repeats < 1:
+        raise ValueError("batch sizes, --new-tokens, --prompt-len and --repeats must be >= 1.")
+    return run_benchmark(names, args.batch_sizes, args.new_tokens, args.prompt_len, args.repeats,
+                         args.growth_lengths, args.growth_batch_sizes, llama=not args.no_llama,
+                         profile=not args.no_profile, threads=args.threads, data_dir=args.data, log=log)
 
-        vflops = van_rows[0]["flops_per_token"]
-        for name in sorted({r["checkpoint"] for r in routed}):
-            rows = [r for r in routed if r["checkpoint"] == name]
-            cfg = MoRConfig(**report["configs"][name])
-            need = depth_for_speedup(cfg, vflops, int(m["mean_context"]), 1.3)
-            need_passes = passes_depth_for_speedup(report, name, 1.3)
-            depth = statistics.mean(r["mean_depth"] for r in rows)
-            ceiling.append(
-                f"{name}: mean depth {depth:.2f} of {report['checkpoints'][name]['num_recursions']} -> FLOPs allow "
-                f"{vflops / decode_flops_per_token(cfg, int(m['mean_context']), depth):.2f}x; 1.3x needs mean depth "
-                + (f"<= {need:.2f} by FLOPs" if need else "below 1 by FLOPs")
-                + (f", <= {need_passes:.2f} by weight passes (steady state)" if need_passes else
-                   ", below 1 by weight passes"))
-    if ceiling:
-        out.append("- Ceilings at the measured decode depth (the LM head and the unique first/last layers are paid "
-                   "by every token, so depth only scales the middle): " + "; ".join(ceiling) + ".")
-    if prof.get("models"):
-        out += ["", f"torch.profiler over 40 steady-state engine iterations at batch {prof['batch_size']} "
-                    "(CPU time per decoded token; profiler overhead inflates the small operators), with the "
-                    "unprofiled wall time per weight pass and the items a pass carries on average:", "",
-                "| checkpoint | matmul ms/token | K/V gather ms/token | other ms/token | wall ms/token, unprofiled | "
-                "ms per pass | items per pass | aten calls/token | top operators |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for name, p in prof["models"].items():
-            top = ", ".join(f"{t['op'].replace('aten::', '')} {100 * t['share']:.0f}%" for t in p["top"][:4])
-            t = p["ms_per_token"]
-            out.append(f"| {name} | {t['matmul']:.3f} | {t['kv_gather']:.3f} | {t['other']:.3f} | "
-                       f"{_fmt(p.get('wall_ms_per_token_unprofiled'), '.3f')} | {_fmt(p.get('ms_per_pass'), '.3f')} | "
-                       f"{_fmt(p.get('rows_per_pass'), '.1f')} | {p['aten_calls_per_token']:.0f} | {top} |")
-        out += ["", "*ms per pass* is the unprofiled decode time of the whole stream over its weight passes "
-                    "(LM-head passes included, bookkeeping between passes too). A pass carrying fewer items (a "
-                    "MoR prelude, coda or head runs only on the items entering or leaving) costs about as much as "
-                    "a full one: the weights are streamed and the operators launched all the same. The K/V gather is the other MoR-specific cost: items at different "
-                    "recursion steps read different cache rows, which must be copied side by side before "
-                    "attention unless most items read one cache slot (then the engine attends that slot's rows "
-                    "in place and gathers only the rest; `mor.inference.engine._Plan`).", ""]
-    gat = [r for r in res if r["path"] == "gather" and r.get("measured_speedup") and r["checkpoint"] not in (vanilla, "llama")]
-    nai = [r for r in res if r["path"] == "naive" and r.get("measured_speedup") and r["checkpoint"] not in (vanilla, "llama")]
-    if gat and eng:
-        big = max(r["batch_size"] for r in eng)
-        parts, fastest = [], []
-        for name in sorted({r["checkpoint"] for r in eng}):
-            e = next((r for r in eng if r["checkpoint"] == name and r["batch_size"] == big), None)
-            g_ = next((r for r in gat if r["checkpoint"] == name and r["batch_size"] == big), None)
-            n_ = next((r for r in nai if r["checkpoint"] == name and r["batch_size"] == big), None)
-            if e and g_ and n_:
-                parts.append(f"{name} {n_['decode_tokens_per_second']:.0f} / {g_['decode_tokens_per_second']:.0f} / "
-                             f"{e['decode_tokens_per_second']:.0f}")
-                fastest.append(e["decode_tokens_per_second"] >= max(g_["decode_tokens_per_second"],
-                                                                     n_["decode_tokens_per_second"]))
-        if parts:
-            verdict = ("the fastest path for every model" if all(fastest) else
-                       f"the fastest path for {sum(fastest)} of {len(fastest)} models")
-            out.append(f"- The three paths at batch {big} (naive / gather / engine tok/s): " + "; ".join(parts) + ". "
-                       "Gathering (`model.generate`) saves the FLOPs of exited tokens but runs every recursion "
-                       "step on ever fewer tokens, a full set of passes each; the naive path wastes the FLOPs of "
-                       f"exited tokens but runs few, wide passes. The engine is {verdict}.")
-    head = None
-    if vanilla and vanilla in report["checkpoints"]:
-        v = report["checkpoints"][vanilla]
-        head = v["vocab_size"] * v["hidden_size"] / 1e6
-    out.append("- What would close the gap: fewer passes per decoded token, i.e. a shallower router "
-               "(mor-ec-r3-lean and mor-ec-r3-sparse train with capacities 1, 1/3, 1/6 and 1, 1/6, 1/12 for this "
-               "reason; the test-time depth caps above "
-               "show the same trade on the other checkpoints) or larger batches, where a pass's cost starts to grow "
-               "with its rows and decoding moves towards the FLOPs regime the paper measured on GPUs. Running the "
-               "coda, head and prelude only every other iteration (exited tokens wait one iteration) cuts their "
-               "passes but idles those slots in the block; by the pass model it gains about 3% at mean depth 1.3 "
-               "and about 14% at depth 2, so it was not built. The LM head "
-               + (f"({head:.1f}M multiply-adds per token) " if head else "")
-               + "is a pass no routing removes.")
-    return out
+
+def write_report(report: dict, out: Path) -> list[str]:
+    """The markdown report at `out`, its data beside it (.json) and its plots; the files written."""
+    from .report import performance_plots, render_performance
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = performance_plots(report, out.parent)
+    out.write_text(render_performance(report, images), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return [str(out), str(out.with_suffix(".json")), *images]
 
 
 def run(args: argparse.Namespace) -> int:
+    from .report import performance_checks
+
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     if args.from_json:
-        report = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-        report["targets"] = targets_from_report(report)
+        report = summarize(json.loads(Path(args.from_json).read_text(encoding="utf-8")))
     else:
-        names = args.checkpoints
-        if not names:
-            found = {p.name for p in list_checkpoints()}
-            names = [n for n in DEFAULT_CHECKPOINTS if n in found] or sorted(found)
-            if not names:
-                raise FileNotFoundError("no checkpoints found; train some (mor train) or pass --checkpoints PATH ...")
-        if any(b < 1 for b in args.batch_sizes) or args.new_tokens < 1 or args.prompt_len < 1 or args.repeats < 1:
-            raise ValueError("batch sizes, --new-tokens, --prompt-len and --repeats must be >= 1.")
-        report = run_benchmark(names, args.batch_sizes, args.new_tokens, args.prompt_len, args.repeats,
-                               args.growth_lengths, args.growth_batch_sizes, llama=not args.no_llama,
-                               profile=not args.no_profile, threads=args.threads, data_dir=args.data, log=log)
+        report = measure(args, log)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        images = plot(report, out.parent)
-        out.write_text(render_markdown(report, images), encoding="utf-8")
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        log(f"wrote {out}, {out.with_suffix('.json')} and {', '.join(images)}")
+        log("wrote " + ", ".join(write_report(report, Path(args.out))))
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        for line in target_lines(report):
-            print(line)
+        for check in performance_checks(report):
+            print(check.line())
     return 0
 
 

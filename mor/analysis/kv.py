@@ -74,3 +74,22 @@ def kv_report(model: MoRForCausalLM, tokenizer, text: str) -> KVReport:
         formula.update({f"step {r + 1}": len(steps[r]) * n * per for r, n in enumerate(counts) if n})
         report.formula[name] = formula
     return report
+
+
+# What a token leaves at one recursion step, by strategy: its own K/V, a read of step 1's, or nothing.
+CACHE_STATES = ("cached", "reads step 1", "exited")
+
+
+def cache_states(depths: list[int], num_recursions: int, strategy: str) -> list[list[str]]:
+    """[token][step - 1]: one of CACHE_STATES for every token at every recursion step, from the
+    router's depths, by the rule `kv_report` measures (so its cached counts are these cells):
+
+    full: the baseline runs every token at every step, so every cell is "cached".
+    recursion_wise: a step caches exactly the tokens that take it (depth >= step).
+    shared: only step 1 caches (every token); deeper steps read it for the tokens that take them."""
+    if strategy not in ("full", "recursion_wise", "shared"):
+        raise ValueError(f"strategy must be 'full', 'recursion_wise' or 'shared', not {strategy!r}")
+    cached, shared, exited = CACHE_STATES
+    return [[cached if strategy == "full" or (step <= depth and (strategy == "recursion_wise" or step == 1))
+             else shared if step <= depth else exited
+             for step in range(1, num_recursions + 1)] for depth in depths]

@@ -1,8 +1,8 @@
 """Streaming generation with a live clock, through the continuous depth-wise batching engine.
 
-`stream_generate` decodes several rows with `mor.inference.engine.Engine` (the fast inference path: one
-shared-block run per iteration over every token still recursing, whatever its depth and row)
-and yields the running state after every engine iteration, so a caller can show tokens, their
+`stream_generate` decodes several rows with `mor.inference.engine.Engine` (the fast inference path:
+stage queues, each pass as wide as the queue allows, prompts prefilled in chunks beside the decode
+items) and yields the running state after every engine pass, so a caller can show tokens, their
 depths and tokens/s while they arrive. `measure_decode` runs it to the end and returns the
 numbers, for side-by-side comparisons.
 
@@ -22,7 +22,7 @@ iterations (redrawing a page, say) is excluded, so a slow UI does not make the m
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,17 +32,19 @@ from ..model.modeling import MoRForCausalLM
 
 @dataclass
 class DecodeState:
-    """The decode so far, after one engine iteration.
+    """The decode so far, after one engine pass.
 
-    iteration: engine iterations (shared-block runs) so far, 1-based.
+    iteration: engine passes so far (any stage), 1-based.
     tokens: per row, the new token ids picked so far.
     depths: per row, the recursions of the tokens that went through the model so far (a token
         is picked first and fed next, so a row's last token can still be waiting for its depth).
     fed: tokens fed through the model after the prefill, over all rows (= sum of len(depths)).
-    elapsed: seconds of decoding so far (prefill excluded).
+    elapsed: seconds of decoding so far (the engine's time, less the part attributed to prompt
+        tokens: see `EngineEvent.prefill_seconds`).
     tokens_per_second: fed / elapsed.
-    prefill_seconds: time of the prompts' forward pass.
-    block_items: tokens the shared block processed in this iteration (up to the batch size).
+    prefill_seconds: time attributed to the prompts (chunked prefill shares passes with decoding).
+    block_items: rows the shared block carried in this pass (0 when another stage ran).
+    stage / queued: the stage that ran, and the rows waiting in each stage's queue after it.
 
     `tokens` and `depths` are the stream's own lists, extended in place as decoding goes on:
     copy them to keep a snapshot.
@@ -56,6 +58,8 @@ class DecodeState:
     tokens_per_second: float
     prefill_seconds: float
     block_items: int
+    stage: str = ""
+    queued: dict[str, int] = field(default_factory=dict)
 
 
 def _prompt_lists(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
@@ -71,8 +75,8 @@ def stream_generate(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | to
                     do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                     seed: int = 0) -> Iterator[DecodeState]:
     """Decode `max_new_tokens` tokens for every prompt (token id lists, or a (B, T) tensor of
-    equal-length prompts), all rows in flight together, yielding a `DecodeState` after each
-    engine iteration.
+    equal-length prompts), all rows in flight together (passes of up to the engine's default
+    `max_batch` rows), yielding a `DecodeState` after each engine pass once decoding has begun.
 
     Every row decodes exactly `max_new_tokens` tokens (there is no stop at end-of-text), so runs
     of different settings do the same amount of work. Greedy output equals `model.generate` of
@@ -83,7 +87,7 @@ def stream_generate(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | to
         raise ValueError("max_new_tokens must be >= 0.")
     if not rows or max_new_tokens == 0:
         return
-    engine = Engine(model, max_batch=len(rows), depth_cap=depth_cap, fixed_depth=fixed_depth)
+    engine = Engine(model, max_inflight=len(rows), depth_cap=depth_cap, fixed_depth=fixed_depth)
     tokens: list[list[int]] = [[] for _ in rows]
     depths: list[list[int]] = [[] for _ in rows]
     fed = 0
@@ -94,11 +98,11 @@ def stream_generate(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | to
         for i, d in event.new_depths:
             depths[i].append(d)
         fed += len(event.new_depths)
-        if event.iteration == 0:  # prefill only: nothing has been decoded yet
+        if fed == 0:  # prefill only: nothing has been decoded yet
             continue
         elapsed = event.elapsed - event.prefill_seconds
         yield DecodeState(event.iteration, tokens, depths, fed, elapsed, fed / max(elapsed, 1e-9),
-                          event.prefill_seconds, event.block_items)
+                          event.prefill_seconds, event.block_items, event.stage, event.queued)
 
 
 def warm_up(model: MoRForCausalLM, prompts: Sequence[Sequence[int]] | torch.Tensor, **depth_kwargs) -> None:

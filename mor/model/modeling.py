@@ -420,7 +420,7 @@ class MoRModel(MoRPreTrainedModel):
 
 # Options of the continuous-batching engine (mor.inference.engine.Engine) that `generate` does not
 # have: named in a clear error rather than transformers' "model_kwargs are not used by the model".
-ENGINE_ONLY_OPTIONS = ("max_batch", "prefill_together", "seed", "stop_at_eos", "trace_steps")
+ENGINE_ONLY_OPTIONS = ("max_batch", "max_inflight", "prefill_chunk", "seed", "stop_at_eos", "trace_steps")
 # Options of the generate this model had before transformers' drove it, and what replaces each.
 REPLACED_OPTIONS = {
     "return_depths": "pass return_dict_in_generate=True and read the output's .depths",

@@ -12,9 +12,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-import common
 import mor
-import render
+from app import render
+from app.checkpoints import get_model
+from app.samples import SAMPLE_TEXTS
 from mor.analysis import stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def builtin_text(source: str) -> tuple[str, str]:
     """(text, where it came from in words) of the validation split or the sample texts."""
     if source == "val":
         return VAL_PATH.read_text(encoding="utf-8", errors="replace"), f"the validation split ({VAL_PATH.name})"
-    return "\n\n".join(common.SAMPLE_TEXTS.values()), f"the app's {len(common.SAMPLE_TEXTS)} sample texts"
+    return "\n\n".join(SAMPLE_TEXTS.values()), f"the app's {len(SAMPLE_TEXTS)} sample texts"
 
 
 def decode_upload(data: bytes) -> str:
@@ -69,7 +70,7 @@ def cap(text: str) -> tuple[str, int]:
 def get_pass(name: str, text: str, routing_mode: str) -> stats.CorpusPass:
     """`stats.corpus_pass` of the text, with a progress bar while it runs (drawn inside the cached
     call, so a cache hit replays it to its end: an empty slot)."""
-    model, tokenizer = common.get_model(name)
+    model, tokenizer = get_model(name)
     bar = st.progress(0.0, text="Running the corpus through the model…")
     every = None
 
@@ -88,7 +89,7 @@ def get_pass(name: str, text: str, routing_mode: str) -> stats.CorpusPass:
 def get_stats(name: str, text: str, routing_mode: str, min_count: int) -> dict:
     """The statistics `mor stats --json` prints for this text (the pass is cached on its own, so
     changing `min_count` only regroups)."""
-    model, tokenizer = common.get_model(name)
+    model, tokenizer = get_model(name)
     return stats.summarize(get_pass(name, text, routing_mode), model.config, tokenizer,
                            checkpoint_folder=mor.resolve_checkpoint(name), routing_mode=routing_mode,
                            min_count=min_count, checkpoint=name)

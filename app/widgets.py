@@ -1,24 +1,84 @@
-"""Widgets and display blocks shared by the explorer pages (heatmap, scaling, KV memory, compare)."""
+"""Widgets synced to the URL (so a link reproduces the view) and the display blocks several pages
+share: the checkpoint, text and routing-rule pickers, the page header, the heatmap, the window
+note, the summary metrics and the depth histogram. Values come from the computation modules."""
 
 from __future__ import annotations
 
 import altair as alt
 import streamlit as st
 
-import common
-import render
-import views
+from app import checkpoints, render, traces
+from app.samples import SAMPLE_TEXTS
 
+# Text kept in the URL is capped so links stay shareable.
+MAX_URL_TEXT = 1500
 ROUTING_HELP = ("causal: each token decides alone from its own router score (sigmoid > threshold), the "
                 "rule used when generating. capacity: the top-k tokens of the whole text go on, the rule "
                 "used in training; it looks at future tokens, so it cannot decode.")
+
+
+# ---- the URL ------------------------------------------------------------------------------------
+
+def query_default(key: str, default, cast=str):
+    """A value from the URL query, or `default` when absent or malformed."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def sync_query(**values) -> None:
+    """Write the view's state into the URL so the link reproduces it."""
+    for key, value in values.items():
+        if value is None or value == "":
+            st.query_params.pop(key, None)
+        elif key == "text" and len(str(value)) > MAX_URL_TEXT:
+            st.query_params.pop(key, None)
+        else:
+            st.query_params[key] = str(value)
+
+
+# ---- pickers ------------------------------------------------------------------------------------
+
+def checkpoint_picker(label: str = "Checkpoint", key: str = "ckpt", container=None) -> str | None:
+    """A selectbox of the checkpoints found, synced to the URL query `key`."""
+    names = checkpoints.checkpoint_names()
+    where = container or st.sidebar
+    if not names:
+        where.error("No checkpoints found. Train one with `mor train` or set MOR_CHECKPOINTS.")
+        return None
+    wanted = query_default(key, names[0])
+    index = names.index(wanted) if wanted in names else 0
+    return where.selectbox(label, names, index=index, key=f"picker_{key}")
+
+
+def page_header(title: str, *captions: str) -> tuple[str, dict] | None:
+    """The page's title and captions and the sidebar's checkpoint picker; (name, checkpoint_info) of
+    the checkpoint picked (loaded, so a broken one stops the page here), or None when there is none."""
+    st.title(title)
+    for caption in captions:
+        st.caption(caption)
+    name = checkpoint_picker()
+    return None if name is None else (name, checkpoints.checkpoint_info(name))
+
+
+def text_picker(key: str = "text", label: str = "Text", height: int = 140) -> str:
+    """A sample chooser plus a text area, seeded from the URL query `key`."""
+    default = query_default(key, SAMPLE_TEXTS["Shakespeare"])
+    sample = st.selectbox("Sample text", ["(your own)", *SAMPLE_TEXTS], key=f"sample_{key}")
+    if sample != "(your own)":
+        default = SAMPLE_TEXTS[sample]
+    return st.text_area(label, value=default, height=height, key=f"area_{key}_{sample}")
 
 
 def routing_mode_picker(routing: str, key: str = "mode", container=None) -> str:
     """Causal or capacity routing, seeded from the URL query `key`. Only expert-choice routers
     have a capacity rule, so for other checkpoints the choice is shown disabled at causal."""
     where = container or st
-    default = common.query_default(key, "causal")
+    default = query_default(key, "causal")
     options = ["causal", "capacity"]
     if routing != "expert_choice":
         where.radio("Routing rule", options, horizontal=True, disabled=True, key=f"routing_{key}",
@@ -27,6 +87,8 @@ def routing_mode_picker(routing: str, key: str = "mode", container=None) -> str:
     index = options.index(default) if default in options else 0
     return where.radio("Routing rule", options, index=index, horizontal=True, key=f"routing_{key}", help=ROUTING_HELP)
 
+
+# ---- display blocks -----------------------------------------------------------------------------
 
 def heatmap(trace: dict, routing: str, container=None) -> None:
     """The depth heatmap of a trace (escaped HTML; st.html sanitises it again and runs no scripts).
@@ -46,7 +108,7 @@ def window_note(trace: dict, context: int, container=None) -> None:
 def depth_histogram_chart(trace: dict) -> alt.Chart:
     """Bar per depth, coloured like the heatmap."""
     palette = render.depth_palette(trace["num_recursions"])
-    return alt.Chart(views.histogram_frame(trace)).mark_bar().encode(
+    return alt.Chart(traces.histogram_frame(trace)).mark_bar().encode(
         x=alt.X("depth:O", title="recursions taken"),
         y=alt.Y("tokens:Q", title="tokens"),
         color=alt.Color("depth:O", scale=alt.Scale(domain=list(palette), range=list(palette.values())),

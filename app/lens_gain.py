@@ -10,8 +10,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-import common
-import render
+from app import render
+from app.checkpoints import get_model
 from mor import analysis
 
 
@@ -19,14 +19,14 @@ from mor import analysis
 @st.cache_data(show_spinner="Reading the prediction after every recursion step…", max_entries=16)
 def get_lens(name: str, text: str, routing_mode: str = "causal") -> dict:
     """`mor lens` of the text, as its JSON dict."""
-    model, tokenizer = common.get_model(name)
+    model, tokenizer = get_model(name)
     return analysis.lens(model, tokenizer, text, routing_mode=routing_mode, checkpoint=name).to_json()
 
 
 @st.cache_data(show_spinner="Running the text again at every depth cap…", max_entries=64)
 def get_gain(name: str, text: str, routing_mode: str = "causal") -> dict:
     """`mor gain` of the text, as its JSON dict."""
-    model, tokenizer = common.get_model(name)
+    model, tokenizer = get_model(name)
     return analysis.depth_gain(model, tokenizer, text, routing_mode=routing_mode, checkpoint=name).to_json()
 
 

@@ -1,15 +1,10 @@
-"""Reports rendered from measured data: docs/results.md (and the plotting helpers `mor bench` shares).
-
-Nothing here measures. Every sentence that states a result is built from the numbers it states
-(`Check`: a target, the measured value, and whether it holds), so a report can never say
-something its own tables contradict.
-"""
+"""docs/results.md from the data `mor results` measured (`mor.analysis.results.measure_suite`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+
+from .common import Check, checks_heading, num, table
 
 # What the paper reports for the same comparisons (facts from arXiv 2507.10524, not measured here).
 PAPER = {
@@ -22,83 +17,13 @@ PAPER = {
     "mor-ec-r4": "Paper: N_r=4 gives the largest throughput gain (up to 2.06x) at a small quality cost.",
     "mor-ec-r3-lean": "Not in the paper (its expert-choice capacities for N_r=3 are 3/3, 2/3, 1/3): capacities "
                       "1, 1/3, 1/6 (mean depth 1.5) aim at decode speed; see docs/performance.md.",
-    "mor-ec-r3-sparse": "Not in the paper: capacities 1, 1/6, 1/12 (mean depth 1.25), the fastest router here.",
+    "mor-ec-r3-sparse": "Not in the paper: capacities 1, 1/6, 1/12 (mean depth 1.25), the sparsest router here.",
     "mor-ec-r3-probe": "Not in the paper: mor-ec-r3 trained mostly on addition, to see depth matter on a task "
                        "that needs sequential computation (carries).",
 }
 
 
-# --------------------------------------------------------------------------- plotting helpers
-
-
-def save_figure(fig, path: Path) -> str:
-    """Lay out, save as PNG, free the figure; returns the file name (shared with `mor bench`)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
-
-
-def finish_plot(fig, ax, path: Path) -> str:
-    """Legend, grid, then `save_figure`."""
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
-def _figure(width: float = 7, height: float = 4):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))
-
-
-def results_plots(data: dict, out: Path) -> dict[str, str]:
-    """NLL against the depth cap, and probe accuracy against the depth cap; {kind: file name}."""
-    rows = data["rows"]
-    files = {}
-    fig, ax = _figure()
-    for r in rows:
-        if r["R"] > 1:
-            caps = sorted(r["cap_nll"], key=int)
-            ax.plot([int(c) for c in caps], [r["cap_nll"][c] for c in caps], marker="o", label=r["name"])
-    for r in rows:
-        if r["R"] == 1:
-            ax.axhline(r["val_nll"], color="gray", linestyle="--", label=f"{r['name']} (no recursion)")
-    ax.set_xlabel("depth cap (max recursions per token)")
-    ax.set_ylabel("validation NLL (nats per token)")
-    ax.set_xticks(range(1, 1 + max(r["R"] for r in rows)))
-    files["depth_cap"] = finish_plot(fig, ax, out / "nll_vs_depth_cap.png")
-
-    fig, ax = _figure()
-    for r in rows:
-        by_cap = r["probe"]["by_cap"]
-        caps = sorted(by_cap, key=int)
-        style = "-" if r["probe"]["trained_on_format"] else ":"
-        ax.plot([int(c) for c in caps], [100 * by_cap[c]["accuracy"] for c in caps], style, marker="o", label=r["name"])
-    ax.set_xlabel("depth cap (max recursions per token)")
-    ax.set_ylabel("exact-match accuracy on fresh problems (%)")
-    ax.set_xticks(range(1, 1 + max(r["R"] for r in rows)))
-    files["probe"] = finish_plot(fig, ax, out / "probe_vs_depth_cap.png")
-    return files
-
-
 # --------------------------------------------------------------------------- checks
-
-
-@dataclass
-class Check:
-    """One stated target and whether the measured value meets it."""
-
-    claim: str
-    holds: bool
-    measured: str
-
-    def line(self) -> str:
-        return f"- {'✅' if self.holds else '❌'} {self.claim}: **{'holds' if self.holds else 'does NOT hold'}** ({self.measured})."
 
 
 def _row(rows: list[dict], name: str) -> dict | None:
@@ -168,7 +93,7 @@ def probe_checks(rows: list[dict]) -> list[Check]:
         Check(f"{best['name']} is at least 20 points lower at depth cap 1", full["accuracy"] - one["accuracy"] >= 0.2,
               f"{100 * one['accuracy']:.1f}% at cap 1 vs {100 * full['accuracy']:.1f}%"),
         Check(f"{best['name']}'s router sends answer digits deeper than prompt digits", deeper,
-              f"mean depth {_num(full['mean_depth_answer'], 3)} (answer) vs {_num(full['mean_depth_prompt'], 3)} (prompt)"),
+              f"mean depth {num(full['mean_depth_answer'], 3)} (answer) vs {num(full['mean_depth_prompt'], 3)} (prompt)"),
     ]
 
 
@@ -205,10 +130,6 @@ def difficulty_sentence(row: dict) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def _num(value, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def summary_table(rows: list[dict]) -> list[str]:
     base = _row(rows, "vanilla")
     lines = ["| checkpoint | routing | N_r | context | unique params | tokens seen | training FLOPs | val NLL | vs vanilla | bits/byte | mean depth |",
@@ -232,31 +153,36 @@ def bpb_table(data: dict) -> list[str]:
     return lines
 
 
-def depth_cap_table(rows: list[dict]) -> list[str]:
+def _cap_columns(rows: list[dict]) -> tuple[int, list[str]]:
+    """The deepest N_r over rows and one "cap k" header per depth cap up to it."""
     R = max(r["R"] for r in rows)
-    lines = ["| checkpoint | " + " | ".join(f"cap {k}" for k in range(1, R + 1))
-             + " | router (causal) | every token full | top-k | causal = top-k depth |", "|---" * (R + 5) + "|"]
+    return R, [f"cap {k}" for k in range(1, R + 1)]
+
+
+def depth_cap_table(rows: list[dict]) -> list[str]:
+    R, caps = _cap_columns(rows)
+    cells = []
     for r in rows:
         if r["R"] == 1:
             continue
-        caps = [_num(r["cap_nll"].get(str(k))) if str(k) in r["cap_nll"] else "" for k in range(1, R + 1)]
         agree = r.get("causal_capacity_agreement")
-        lines.append(f"| {r['name']} | " + " | ".join(caps) + f" | {r['val_nll']:.4f} | {_num(r.get('fixed_full_nll'))} | "
-                     f"{_num(r.get('capacity_mode_nll'))} | {'' if agree is None else f'{100 * agree:.1f}%'} |")
-    return lines
+        cells.append([r["name"], *(num(r["cap_nll"][str(k)]) if str(k) in r["cap_nll"] else "" for k in range(1, R + 1)),
+                      f"{r['val_nll']:.4f}", num(r.get("fixed_full_nll")), num(r.get("capacity_mode_nll")),
+                      "" if agree is None else f"{100 * agree:.1f}%"])
+    return table(["checkpoint", *caps, "router (causal)", "every token full", "top-k", "causal = top-k depth"],
+                 "l" * (R + 5), cells)
 
 
 def probe_table(rows: list[dict]) -> list[str]:
-    R = max(r["R"] for r in rows)
-    lines = ["| checkpoint | trained on it | " + " | ".join(f"cap {k}" for k in range(1, R + 1))
-             + " | answer depth | prompt depth |", "|---" * (R + 4) + "|"]
+    R, caps = _cap_columns(rows)
+    cells = []
     for r in rows:
         by_cap = r["probe"]["by_cap"]
         full = by_cap[str(r["R"])]
-        cells = [f"{100 * by_cap[str(k)]['accuracy']:.1f}%" if str(k) in by_cap else "" for k in range(1, R + 1)]
-        lines.append(f"| {r['name']} | {'yes' if r['probe']['trained_on_format'] else 'no'} | " + " | ".join(cells)
-                     + f" | {_num(full['mean_depth_answer'], 2)} | {_num(full['mean_depth_prompt'], 2)} |")
-    return lines
+        cells.append([r["name"], "yes" if r["probe"]["trained_on_format"] else "no",
+                      *(f"{100 * by_cap[str(k)]['accuracy']:.1f}%" if str(k) in by_cap else "" for k in range(1, R + 1)),
+                      num(full["mean_depth_answer"], 2), num(full["mean_depth_prompt"], 2)])
+    return table(["checkpoint", "trained on it", *caps, "answer depth", "prompt depth"], "l" * (R + 4), cells)
 
 
 def router_table(rows: list[dict]) -> list[str]:
@@ -268,7 +194,7 @@ def router_table(rows: list[dict]) -> list[str]:
         hist = " / ".join(f"{100 * h / max(1, sum(r['depth_hist'])):.0f}%" for h in r["depth_hist"])
         cells = [r.get(k) for k in ("spearman_depth_vanilla_own_nll", "spearman_depth_vanilla_next_nll",
                                     "spearman_depth_own_nll", "spearman_depth_next_nll")]
-        lines.append(f"| {r['name']} | {hist} | {_num(r.get('sentence_depth_std'), 3)} | "
+        lines.append(f"| {r['name']} | {hist} | {num(r.get('sentence_depth_std'), 3)} | "
                      + " | ".join("n/a" if c is None or math.isnan(c) else f"{c:+.3f}" for c in cells) + " |")
     return lines
 
@@ -297,14 +223,13 @@ def render_results(data: dict, plots: dict[str, str]) -> str:
     rows = data["rows"]
     texts = "; ".join(f"*{name}*: {info['source']}, {info['chars']:,} characters" for name, info in data["texts"].items())
     checks = depth_checks(rows) + quality_checks(data) + probe_checks(rows) + router_checks(rows)
-    held = sum(c.holds for c in checks)
     lines = [
         "# Results", "",
         f"Regenerated by `mor results` from the checkpoints in `checkpoints/` ({data['generated']}, {data['torch_threads']} "
         "torch threads). Causal routing unless stated; whole texts in overlapping context windows. Evaluation texts: "
         f"{texts}. Every checkpoint was trained by `mor train --preset NAME` (mor/training/presets.py) at one "
         "training-FLOPs budget on the same corpus.", "",
-        f"## Targets: {held} of {len(checks)} hold", "", *[c.line() for c in checks], "",
+        checks_heading(checks), "", *[c.line() for c in checks], "",
         "## Summary", "", *summary_table(rows), "",
         "## Bits per byte on every text", "",
         "NLL summed over a text, in bits, divided by its UTF-8 bytes: comparable across tokenizers."
