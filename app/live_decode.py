@@ -29,12 +29,8 @@ SAMPLING = dict(do_sample=True, temperature=0.8, top_k=40, seed=0)
 # ---- depth settings --------------------------------------------------------------------------
 
 def setting_label(kwargs: dict, routing: str) -> str:
-    """Human label of a depth setting ({} / {"fixed_depth": k} / {"depth_cap": k})."""
-    if "fixed_depth" in kwargs:
-        return f"fixed depth {kwargs['fixed_depth']}"
-    if "depth_cap" in kwargs:
-        return f"depth cap {kwargs['depth_cap']}"
-    return "router decides" if routing != "none" else "every token, full depth"
+    """A depth setting ({} / {"fixed_depth": k} / {"depth_cap": k}) in words (`render.depth_label`)."""
+    return render.depth_label(routing=routing, **kwargs)
 
 
 def all_settings(num_recursions: int, routing: str) -> list[dict]:

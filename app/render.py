@@ -227,11 +227,22 @@ def value_heatmap_html(tokens: list[str], values: list[float | None], tooltips: 
     return text_block(spans, value_legend_html(title, scale))
 
 
+def depth_label(depth_cap: int | None = None, fixed_depth: int | None = None, routing: str = "expert_choice") -> str:
+    """The one wording of a depth setting, on every page: "fixed depth k" ("(router ignored)" when
+    the model has a router), "depth cap k", or the model's own rule ("router decides"; "every
+    token, full depth" without a router)."""
+    if fixed_depth:
+        return f"fixed depth {fixed_depth}" + (" (router ignored)" if routing != "none" else "")
+    if depth_cap:
+        return f"depth cap {depth_cap}"
+    return "router decides" if routing != "none" else "every token, full depth"
+
+
 def setting_label(trace: dict) -> str:
-    """How the trace was run, in words: routing rule and any depth limit."""
+    """How the trace was run, in words: routing rule and any depth limit (`depth_label`)."""
     if trace.get("fixed_depth"):
-        return f"fixed depth {trace['fixed_depth']} (router ignored)"
-    limit = f", depth cap {trace['depth_cap']}" if trace.get("depth_cap") else ""
+        return depth_label(fixed_depth=trace["fixed_depth"])
+    limit = f", {depth_label(depth_cap=trace['depth_cap'])}" if trace.get("depth_cap") else ""
     return f"{trace.get('routing_mode', 'causal')} routing{limit}"
 
 

@@ -6,7 +6,7 @@
     mor eval / trace / probe              evaluate, trace and probe a checkpoint (mor/analysis/cli.py)
     mor lens / gain / stats               what each recursion changed, where depth helped, depth over a corpus
     mor results --out docs                regenerate docs/results.md (mor/analysis/results.py)
-    mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/analysis/bench.py)
+    mor bench --json                      decode/prefill benchmark, docs/performance.md (mor/analysis/bench/)
 
 Errors a user can cause (bad flags, missing files, broken checkpoints) print one clear line on
 stderr and exit non-zero; they never show a traceback.

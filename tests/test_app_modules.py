@@ -6,6 +6,7 @@ widgets and layout, called on the file's last line. The pages themselves run in 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import threading
@@ -228,3 +229,18 @@ def test_run_queue_gives_the_ticket_back_when_a_waiting_session_stops():
         assert not ran
     waiter.join(5)
     assert ran == [True] and len(queue) == 0
+
+
+def test_arithmetic_sample_is_right_held_out_and_in_the_probe_format():
+    """The arithmetic sample's problems are correct sums, from the probe's held-out bucket (never
+    trained on), written in the probe's default format (`mor probe`)."""
+    from app.samples import ADDITION, SAMPLE_TEXTS
+    from mor.analysis.probe import DEFAULT_FORMAT
+    from mor.data.addition import pair_bucket
+
+    assert ADDITION.record() == DEFAULT_FORMAT.record()
+    lines = SAMPLE_TEXTS["Arithmetic (addition)"].splitlines()
+    assert len(lines) >= 3
+    for line in lines:
+        a, b, c = re.fullmatch(r"(\d{3})\+(\d{3})=(\d{4})", line).groups()
+        assert int(a) + int(b) == int(c) and pair_bucket(int(a), int(b)) == 0

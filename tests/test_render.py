@@ -183,3 +183,17 @@ def test_sharing_diagram_letters_each_effective_layer():
     out = render.sharing_diagram(groups)
     assert out.count("effective layer") == 6 and "effective layer 6 uses unique layer D" in out
     assert "&lt;i&gt;" in out and "<i>" not in out
+
+
+def test_one_wording_of_a_depth_setting_on_every_page():
+    """The heatmap document, the live throughput table and the Compare page word a depth setting
+    through `render.depth_label`."""
+    from app import live_decode
+
+    assert render.depth_label(fixed_depth=2) == "fixed depth 2 (router ignored)"
+    assert render.depth_label(fixed_depth=2, routing="none") == "fixed depth 2"
+    assert render.depth_label(depth_cap=1) == "depth cap 1"
+    assert render.depth_label(routing="none") == "every token, full depth"
+    assert live_decode.setting_label({"fixed_depth": 3}, "expert_choice") == render.depth_label(fixed_depth=3)
+    assert render.setting_label({"routing_mode": "causal", "depth_cap": 2}) == "causal routing, depth cap 2"
+    assert render.setting_label({"fixed_depth": 1}) == "fixed depth 1 (router ignored)"

@@ -11,10 +11,11 @@ def depth_options(R: int) -> list[str]:
 
 
 def depth_label(option: str) -> str:
+    """An option of `depth_options` in words (`render.depth_label`)."""
     if option == "free":
         return "router decides (no cap)"
     kind, k = option.split(":")
-    return f"depth cap {k}" if kind == "cap" else f"fixed depth {k} (router ignored)"
+    return render.depth_label(**{"depth_cap" if kind == "cap" else "fixed_depth": int(k)})
 
 
 def side_settings(side: str, col, full_depth: bool) -> dict:

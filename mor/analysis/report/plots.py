@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SERVING_PLOT = "perf_serving.png"
+
 
 def figure(width: float = 7, height: float = 4, ncols: int = 1, **kwargs):
     """(fig, ax or axes) on the Agg backend."""
@@ -113,9 +115,30 @@ def cost_growth_plot(report: dict, out_dir: Path) -> str:
     return save_figure(fig, out_dir / "perf_cost_growth.png")
 
 
+def serving_plot(report: dict, out_dir: Path) -> str:
+    """Serving tokens/s (wall, prefill included) against the width: one line per checkpoint on the
+    engine, transformers' Llama generate dashed."""
+    rows = report["serving"]["rows"]
+    fig, ax = figure(7, 4.2)
+    for name in sorted({r["checkpoint"] for r in rows if r["checkpoint"] != "llama"}):
+        mine = _by(rows, "width", checkpoint=name)
+        ax.plot([r["width"] for r in mine], [r["tokens_per_second"] for r in mine], "o-", label=f"{name} (engine)")
+    llama = _by(rows, "width", checkpoint="llama")
+    if llama:
+        ax.plot([r["width"] for r in llama], [r["tokens_per_second"] for r in llama], "k--", marker="s",
+                label="HF Llama generate (same dims)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    s = report["serving"]
+    ax.set_title(f"{s['requests_per_slot']}W requests, {s['prompt_len']} + {s['new_tokens']} tokens", fontsize=10)
+    finish_axes(ax, "width W (rows per pass / static batch)", "tokens / s (wall, prefill included)")
+    return save_figure(fig, out_dir / SERVING_PLOT)
+
+
 def performance_plots(report: dict, out_dir: Path) -> list[str]:
     """The plots of docs/performance.md; their file names."""
-    files = [decode_vs_batch_plot(report, out_dir)]
+    files = [serving_plot(report, out_dir)] if (report.get("serving") or {}).get("rows") else []
+    files.append(decode_vs_batch_plot(report, out_dir))
     if report["growth"]["trace"] or report["growth"]["decode"]:
         files.append(cost_growth_plot(report, out_dir))
     return files
