@@ -198,6 +198,11 @@ def sample_depth_cap(config: MoRConfig, probability: float, gen: torch.Generator
 
 
 def run(args: argparse.Namespace) -> int:
+    """`mor train`: one training run, resumable. Longer than this package's other functions on
+    purpose: like nanoGPT's train.py it reads top to bottom (set-up, resume, the step loop with its
+    logging, evaluation and resume saves, the final save), and the loop shares the model, optimizer,
+    data and `state` with every part of it; the parts that stand alone (settings, the batch, the
+    learning rate, the depth cap, validation, saving) are functions of their own above."""
     from transformers import PreTrainedTokenizerFast
 
     resolve_settings(args)
