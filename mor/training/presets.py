@@ -50,6 +50,9 @@ PRESETS: dict[str, dict] = {
     # every token. Under recursion-wise caching an answer digit at depth r sees only the operands
     # still active at r, so the router keeps operand digits deep (mor-ec-r3-probe: prompt depth
     # 2.28 > answer depth 1.88); with shared K/V the capacity is free to go to the answer digits.
+    # Measured (v2 budget, 500 fresh problems): it does not learn the task, 0.0% / 0.8% / 0.6% exact
+    # match at caps 1/2/3 (mor-ec-r3-probe: 56.0% / 71.8% / 72.4%), and its answer digits still run
+    # shallower than its prompt digits (2.25 vs 2.39): the hypothesis is refuted, so it is not shipped.
     "mor-ec-r3-kvshare-probe": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                                                kv_cache="shared", **MOR_ROUTER),
                                     train=dict(addition_share=0.8)),
