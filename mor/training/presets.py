@@ -56,6 +56,12 @@ PRESETS: dict[str, dict] = {
     "mor-ec-r3-kvshare-probe": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                                                kv_cache="shared", **MOR_ROUTER),
                                     train=dict(addition_share=0.8)),
+    # the probe with the answer written last digit first ("047+586=3360" for 0633): each answer digit
+    # then depends only on the operand digits at its place and the carry from the digit just written,
+    # a causal order; in the plain order the first answer digit needs every carry at once.
+    "mor-ec-r3-probe-reversed": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
+                                                **MOR_ROUTER),
+                                     train=dict(addition_share=0.8, addition_reversed=True)),
     # for tests and smoke runs
     "tiny": dict(model=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                             num_hidden_layers=5, num_recursions=3, routing="expert_choice"),
