@@ -21,6 +21,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import corpus_stats, render  # noqa: E402  (corpus_stats: the tests move its corpus path and cap)
+from app.samples import SAMPLE_TEXTS  # noqa: E402
 
 APP = Path(__file__).resolve().parent.parent / "app"
 TEXT = "In 1648 the Peace of Westphalia ended the Thirty Years' War, and the old empire never recovered."
@@ -260,7 +261,7 @@ def test_corpus_page_without_a_validation_split_uses_the_samples(named_config, c
     at = open_app("corpus.py", ckpt=name)
     assert at.radio(key="corpus_source").options == ["The app's sample texts", "Upload a text file"]
     assert any("No validation split at" in c.value and "mor data --out data" in c.value for c in at.caption)
-    assert any("the app's 3 sample texts" in c.value for c in at.caption)
+    assert any(f"the app's {len(SAMPLE_TEXTS)} sample texts" in c.value for c in at.caption)
     samples = tmp_path / "samples.txt"
     samples.write_text(corpus_stats.builtin_text("samples")[0], encoding="utf-8")
     result = cli_json(capsys, "stats", "--checkpoint", name, "--text-file", str(samples))
