@@ -490,12 +490,14 @@ TABLE_JS = """i => { const grid = document.querySelectorAll('[data-testid="stDat
 
 def wait_for_column(page, table: int, column: int, want: list[float]) -> list[list[str]]:
     """Wait until column `column` of the page's `table`-th dataframe holds the numbers `want` (the
-    grid redraws after the rest of the page), and return its rows as shown."""
+    grid redraws after the rest of the page; a long table shows the first rows in view), and return
+    its rows as shown."""
     try:
         page.wait_for_function(
             """([js, table, column, want]) => {
                 const rows = eval(js)(table);
-                return rows.length === want.length
+                // the grid draws only the rows in view (about 12): those must be the first ones wanted
+                return (rows.length === want.length || (rows.length >= 10 && rows.length < want.length))
                     && rows.every((r, i) => Math.abs(parseFloat(r[column]) - want[i]) < 1e-6);
             }""", arg=[TABLE_JS, table, column, want])
     except sync_api.TimeoutError:
@@ -605,7 +607,7 @@ def test_corpus_page_shows_the_cli_numbers_and_rejects_binary(server, page, caps
     wait_for_metrics(page, {"Tokens": f"{stats['tokens']:,}", "Windows": f"{stats['windows']:,}",
                             "Mean depth": f"{stats['mean_depth']:.3f}"})
     deepest = wait_for_column(page, 0, 3, [r["mean_depth"] for r in stats["deepest"]])
-    assert [(int(r[1]), int(r[2])) for r in deepest] == [(r["token_id"], r["count"]) for r in stats["deepest"]]
+    assert [(int(r[1]), int(r[2])) for r in deepest] == [(r["token_id"], r["count"]) for r in stats["deepest"]][:len(deepest)]
 
     page.get_by_text("Upload a text file", exact=True).click()
     page.get_by_text("Choose a text file to analyse.").wait_for()
