@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-data}
 OUT=${OUT:-checkpoints}
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(vanilla mor-ec-r3 recursive-r3 mor-tc-r3 mor-ec-r3-kvshare mor-ec-r4 mor-ec-r3-lean mor-ec-r3-sparse mor-ec-r3-probe)
+[ ${#names[@]} -gt 0 ] || names=(vanilla mor-ec-r3 recursive-r3 mor-tc-r3 mor-ec-r3-kvshare mor-ec-r4 mor-ec-r3-sparse mor-ec-r3-probe)
 [ -f "$DATA/tokenizer/tokenizer.json" ] || mor data --out "$DATA"
 mkdir -p runs
 train_one() {

@@ -22,7 +22,7 @@ PATH_TITLES = {
     "llama": "transformers LlamaForCausalLM.generate",
 }
 DEFAULT_CHECKPOINTS = ("vanilla", "recursive-r3", "mor-ec-r3", "mor-tc-r3", "mor-ec-r3-kvshare", "mor-ec-r4",
-                       "mor-ec-r3-lean", "mor-ec-r3-sparse")
+                       "mor-ec-r3-sparse")
 ROOT = Path(__file__).resolve().parents[3]  # the repository
 ENGINE_REQUESTS = 2  # the per-batch engine path decodes ENGINE_REQUESTS x B requests with max_batch = B
 SERVING_WIDTHS = (1, 4, 16, 32, 64, 128)

@@ -15,9 +15,8 @@ PAPER = {
     "mor-tc-r3": "Paper: token-choice trails expert-choice (load imbalance), still competitive with vanilla.",
     "mor-ec-r3-kvshare": "Paper: recursive KV sharing saves more memory and prefill compute, small quality drop.",
     "mor-ec-r4": "Paper: N_r=4 gives the largest throughput gain (up to 2.06x) at a small quality cost.",
-    "mor-ec-r3-lean": "Not in the paper (its expert-choice capacities for N_r=3 are 3/3, 2/3, 1/3): capacities "
-                      "1, 1/3, 1/6 (mean depth 1.5) aim at decode speed; see docs/performance.md.",
-    "mor-ec-r3-sparse": "Not in the paper: capacities 1, 1/6, 1/12 (mean depth 1.25), the sparsest router here.",
+    "mor-ec-r3-sparse": "Not in the paper (its expert-choice capacities for N_r=3 are 3/3, 2/3, 1/3): capacities "
+                        "1, 1/6, 1/12 (mean depth 1.25) aim at decode speed; see docs/performance.md.",
     "mor-ec-r3-probe": "Not in the paper: mor-ec-r3 trained mostly on addition, to see depth matter on a task "
                        "that needs sequential computation (carries).",
 }
