@@ -210,8 +210,10 @@ def test_stop_strings_end_generation_where_the_text_first_contains_them(shipped)
     ids = tok(PROMPTS[0], return_tensors="pt").input_ids
     P = ids.shape[1]
     free = model.generate(ids, max_new_tokens=20)[0, P:].tolist()
-    k = next(k for k in range(1, 21) if "," in tok.decode(free[:k]))  # first prefix that contains a comma
-    out = model.generate(ids, max_new_tokens=20, stop_strings=[","], tokenizer=tok)
+    # the stop string: the text of a token the free run writes after a few tokens (it may occur earlier too)
+    stop = next(tok.decode(free[j:j + 1]).strip() for j in range(3, 20) if tok.decode(free[j:j + 1]).strip())
+    k = next(k for k in range(1, 21) if stop in tok.decode(free[:k]))  # first prefix that contains it
+    out = model.generate(ids, max_new_tokens=20, stop_strings=[stop], tokenizer=tok)
     assert out[0, P:].tolist() == free[:k] and k < 20
 
 
