@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 
 import pytest
@@ -18,6 +19,7 @@ import mor
 from helpers import tiny_config, tiny_model
 from mor import MoRConfig
 from mor.analysis import bench, report
+from mor.inference.engine import Engine
 from mor.data.tokenizer import train_tokenizer
 
 IMAGES = ["perf_serving.png", "perf_decode_vs_batch.png", "perf_cost_growth.png"]
@@ -402,3 +404,20 @@ def check_serving(data: dict) -> None:
     assert len(fill) == 4 and all(0 < f["fill"] <= 1 + 1e-9 for f in fill)
     assert rows[("van", 1)]["mean_depth_all"] == 1.0
     assert all(f["fill"] == pytest.approx(1) for f in fill if f["width"] == 1)  # a pass of 1 row is always full
+
+
+def test_the_profile_window_is_taken_while_decoding_not_during_prefill():
+    # Chunked prefill rides in the engine's passes, so the first events carry prompt rows only; a
+    # window taken there decodes nothing (the bug that put 0.000 ms/token in the report).
+    from mor.analysis.bench import costs
+
+    model = tiny_model()
+    prompts = [list(range(5 + i, 5 + i + 24)) for i in range(4)]
+    stream = Engine(model, max_batch=4).stream(prompts, 48, stop_at_eos=False)
+    start = costs._decode_start(stream, len(prompts))
+    assert start.tokens_generated >= len(prompts)
+    window = list(itertools.islice(stream, bench.PROFILE_STEPS))
+    assert window[-1].tokens_generated > start.tokens_generated
+    assert window[-1].prefill_seconds == start.prefill_seconds  # no prompt rows left in the window
+    out = costs._pass_costs(model, 4, prompts, 48)
+    assert out["wall_ms_per_token_unprofiled"] > 0 and out["rows_per_pass"] > 0

@@ -79,28 +79,41 @@ def _decode_ms(a, z) -> float:
     return 1000 * ((z.elapsed - z.prefill_seconds) - (a.elapsed - a.prefill_seconds))
 
 
+def _decode_start(stream, requests: int):
+    """Run `stream` to the start of a decode-only window and return the last event consumed: first
+    until every request has its first token (all prompts are in: chunked prefill rides in the same
+    passes, so a window taken earlier would hold mostly prompt rows and few decoded tokens), then
+    PROFILE_WARMUP events more. The window is the next PROFILE_STEPS events."""
+    start = None
+    for start in stream:
+        if start.tokens_generated >= requests:
+            break
+    for start in itertools.islice(stream, PROFILE_WARMUP):
+        pass
+    return start
+
+
 def _pass_costs(model, batch: int, prompts, new_tokens: int) -> dict:
-    """Without the profiler: the wall time per token over the window `_profiled` profiles, and over
+    """Without the profiler: the wall time per token over a window like `_profiled`'s, and over
     the whole stream the decode time per weight pass and the rows a pass carries on average."""
     engine = Engine(model, max_batch=batch)
     stream = engine.stream(prompts, max(new_tokens, 48), stop_at_eos=False)
-    events = list(itertools.islice(stream, PROFILE_WARMUP + PROFILE_STEPS))
-    final = ([*events, *stream] or [None])[-1]
-    a, z = (events[PROFILE_WARMUP - 1], events[-1]) if len(events) == PROFILE_WARMUP + PROFILE_STEPS else (None, None)
+    a = _decode_start(stream, len(prompts))
+    window = list(itertools.islice(stream, PROFILE_STEPS))
+    final = [a, *window, *stream][-1]
+    decoded = window[-1].tokens_generated - a.tokens_generated if window else 0
     passes = sum(engine.passes.values())
-    return {"wall_ms_per_token_unprofiled": _decode_ms(a, z) / max(z.tokens_generated - a.tokens_generated, 1) if a else None,
+    return {"wall_ms_per_token_unprofiled": _decode_ms(a, window[-1]) / decoded if decoded else None,
             "ms_per_pass": 1000 * (final.elapsed - final.prefill_seconds) / passes if final and passes else None,
             "rows_per_pass": engine.pass_rows / max(passes, 1)}
 
 
 def _profiled(model, batch: int, prompts, new_tokens: int) -> dict | None:
-    """torch.profiler over PROFILE_STEPS engine events after PROFILE_WARMUP start-up ones."""
+    """torch.profiler over the PROFILE_STEPS engine events of `_decode_start`'s window."""
     from torch.profiler import ProfilerActivity, profile
 
     stream = Engine(model, max_batch=batch).stream(prompts, max(new_tokens, 48), stop_at_eos=False)
-    first = None
-    for first in itertools.islice(stream, PROFILE_WARMUP):
-        pass
+    first = _decode_start(stream, len(prompts))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         window = list(itertools.islice(stream, PROFILE_STEPS))
     for _ in stream:  # finish the stream outside the profiler

@@ -381,7 +381,8 @@ def profile_lines(report: dict) -> list[str]:
     if not prof.get("models"):
         return []
     steps = prof.get("events") or next(iter(prof["models"].values()))["iterations"]
-    after = f" after {prof['warmup_events']} start-up ones" if prof.get("warmup_events") else ""
+    after = (f" of decoding (after every request's first token and {prof['warmup_events']} events more)"
+             if prof.get("warmup_events") else "")
     rows = []
     for name, p in prof["models"].items():
         top = ", ".join(f"{t['op'].replace('aten::', '')} {100 * t['share']:.0f}%" for t in p["top"][:4])
