@@ -18,6 +18,7 @@ What is measured, per checkpoint, with causal routing unless stated:
   with the token's own NLL and with the next token's NLL, under the model and under vanilla), KV
   bytes per strategy on one context window;
 - the addition probe at every depth cap (`mor.analysis.probe`).
+The levers tried and not shipped (`mor.analysis.experiments`) are rendered beside them.
 A `--baseline` folder of earlier checkpoints (e.g. the v1 suite from git history) is measured on
 the same texts for bits per byte, so "better than before" is measured in one run.
 """
@@ -38,6 +39,7 @@ from ..data.heldout import fortunes_provenance, fortunes_text
 from ..model.card import model_card
 from ..model.loading import list_checkpoints, load, load_config, read_training_info
 from . import probe
+from .experiments import EXPERIMENTS, METRIC_TITLES
 
 SENTENCE_END = re.compile(r"[.!?]\s*$|\n")
 MIN_SENTENCE_TOKENS = 5
@@ -192,6 +194,7 @@ def measure_suite(args: argparse.Namespace) -> dict:
                 for folder in [folder.parent]] if args.baseline else []
     return {"texts": {name: {"source": sources[name], "chars": len(text)} for name, text in texts.items()},
             "rows": rows, "baseline": baseline, "baseline_folder": args.baseline,
+            "experiments": {"entries": EXPERIMENTS, "metric_titles": METRIC_TITLES},
             "torch_threads": torch.get_num_threads(), "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -203,6 +206,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = json.loads(Path(args.from_json).read_text()) if args.from_json else measure_suite(args)
+    # the levers tried and not shipped are records, not measured here: a results.json saved before
+    # they were listed renders with today's list
+    data.setdefault("experiments", {"entries": EXPERIMENTS, "metric_titles": METRIC_TITLES})
     for folder in list_checkpoints():  # keep the model cards in step with this code
         info = read_training_info(folder)
         if info:

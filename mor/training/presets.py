@@ -57,6 +57,8 @@ PRESETS: dict[str, dict] = {
     # the probe with the answer written last digit first ("047+586=3360" for 0633): each answer digit
     # then depends only on the operand digits at its place and the carry from the digit just written,
     # a causal order; in the plain order the first answer digit needs every carry at once.
+    # Measured (v2 budget, 500 fresh problems): it learns the format, not the sums: 0.2% / 0.2% / 0.0%
+    # exact match at caps 1/2/3 (the plain order: 56.0% / 71.8% / 72.4%), so it is not shipped.
     "mor-ec-r3-probe-reversed": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                                                 **MOR_ROUTER),
                                      train=dict(addition_share=0.8, addition_reversed=True)),

@@ -184,6 +184,42 @@ def probe_table(rows: list[dict]) -> list[str]:
     return table(["checkpoint", "trained on it", *caps, "answer depth", "prompt depth"], "l" * (R + 4), cells)
 
 
+def _experiment_reference(entry: dict, rows: list[dict]) -> tuple[str, float | None]:
+    """The run without the lever and its number: a shipped checkpoint's measured row, or the
+    value the entry records."""
+    name = entry.get("reference_checkpoint")
+    if not name:
+        return entry["reference"], entry.get("reference_value")
+    row = _row(rows, name)
+    if row is None or entry["metric"] != "probe_full":
+        return name, None
+    return name, row["probe"]["by_cap"][str(row["R"])]["accuracy"]
+
+
+def experiments_table(data: dict) -> list[str]:
+    """Levers tried and not shipped: without and with the lever, the change and whether it helped,
+    each word computed from the two numbers."""
+    info = data.get("experiments") or {}
+    titles = info.get("metric_titles", {})
+    cells = []
+    for e in info.get("entries", []):
+        reference, before = _experiment_reference(e, data["rows"])
+        after = e["value"]
+        percent = e["metric"].startswith("probe")
+        show = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3f}")
+        if before is None:
+            change, verdict = "n/a", "not measured here"
+        else:
+            change = (f"{100 * (after - before):+.1f} points" if percent
+                      else f"{100 * (after / before - 1):+.1f}%")
+            better = after > before if e["higher_is_better"] else after < before
+            verdict = "better" if better else ("no change" if after == before else "worse")
+        cells.append([e["lever"], f"`{e['preset']}`", e["budget"], titles.get(e["metric"], e["metric"]), reference,
+                      "n/a" if before is None else show(before), show(after), change, verdict])
+    return table(["lever", "run with it", "budget", "judged by", "run without it", "without", "with", "change",
+                  "verdict"], "lllllrrrl", cells) if cells else []
+
+
 def router_table(rows: list[dict]) -> list[str]:
     lines = ["| checkpoint | depth histogram (1..N_r) | within-sentence depth std | own, vanilla NLL | next, vanilla NLL | own, model NLL | next, model NLL |",
              "|---|---|---|---|---|---|---|"]
@@ -252,6 +288,11 @@ def render_results(data: dict, plots: dict[str, str]) -> str:
         "After a prefill of the first context window of the validation text (float32), read back from the cache; "
         "\"full\" is every token at full depth (the recursive baseline). ✓: the closed-form count from the token "
         "counts equals the measurement.", "", *kv_table(rows), "",
+        *(["## Levers tried and not shipped", "",
+            "Issue 10's levers for making depth matter that were measured and not kept (mor/analysis/experiments.py "
+            "holds the records; the presets keep what was kept). Where the run without the lever is a shipped "
+            "checkpoint, its number is the one measured above.", "", *experiments_table(data), ""]
+          if experiments_table(data) else []),
         "## How they were trained", "",
         "The settings each checkpoint's training.json and config.json record (`mor train --preset NAME` reproduces "
         "them; mor/training/presets.py says why each choice was made).", "", *recipe_table(rows), "",

@@ -1,0 +1,32 @@
+"""Levers measured while the v2 suite was designed, that did not make it into a shipped checkpoint.
+
+Issue 10 asks to measure what makes depth matter, keep what works and report what did not. What
+was kept is in the presets (mor/training/presets.py); this module holds what was tried and not
+kept, as data: the run, the number it was judged by, and that number without and with the lever.
+docs/results.md renders them as a table (`mor.analysis.report.results.experiments_table`, from the copy `mor results` saves in results.json); where
+the run without the lever is a shipped checkpoint, its number is read from that checkpoint's
+measured row rather than from here, so the two cannot drift apart.
+
+Each entry: `lever` (what changed), `preset` (the run with it; `mor train --preset` reproduces it
+when it is a preset), `budget` (what the runs were trained on), `metric` (what was compared; a
+key `mor results` measures when `reference_checkpoint` is given), `reference` (the run without
+the lever: a shipped checkpoint's name, or a recorded value with `reference_value`), `value`
+(measured with the lever), `higher_is_better`.
+"""
+
+from __future__ import annotations
+
+EXPERIMENTS: list[dict] = [
+    dict(lever="random depth caps in training (depth_cap_prob 0.3, \"anytime\" readout)", preset="mor-ec-r3",
+         budget="3e13 training FLOPs (~0.7M tokens), v2 corpus, both runs", metric="validation NLL",
+         reference="mor-ec-r3 with depth_cap_prob 0 at the same budget", reference_value=6.111, value=6.180,
+         higher_is_better=False),
+    dict(lever="recursive KV sharing on the probe (kv_cache shared)", preset="mor-ec-r3-kvshare-probe",
+         budget="the suite's 2.25e14 training FLOPs, 80% addition rows", metric="probe_full",
+         reference_checkpoint="mor-ec-r3-probe", value=0.006, higher_is_better=True),
+    dict(lever="answer written last digit first (addition_reversed)", preset="mor-ec-r3-probe-reversed",
+         budget="the suite's 2.25e14 training FLOPs, 80% addition rows", metric="probe_full",
+         reference_checkpoint="mor-ec-r3-probe", value=0.0, higher_is_better=True),
+]
+
+METRIC_TITLES = {"probe_full": "probe exact match at full depth (500 fresh problems)"}
