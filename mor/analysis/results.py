@@ -194,7 +194,6 @@ def measure_suite(args: argparse.Namespace) -> dict:
                 for folder in [folder.parent]] if args.baseline else []
     return {"texts": {name: {"source": sources[name], "chars": len(text)} for name, text in texts.items()},
             "rows": rows, "baseline": baseline, "baseline_folder": args.baseline,
-            "experiments": {"entries": EXPERIMENTS, "metric_titles": METRIC_TITLES},
             "torch_threads": torch.get_num_threads(), "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -206,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = json.loads(Path(args.from_json).read_text()) if args.from_json else measure_suite(args)
-    # the levers tried and not shipped are records, not measured here: a results.json saved before
-    # they were listed renders with today's list
+    # the levers tried and not shipped are records, not measured by this run: added here once, saved
+    # with a fresh measurement, and a results.json saved before they were listed renders with today's
     data.setdefault("experiments", {"entries": EXPERIMENTS, "metric_titles": METRIC_TITLES})
     for folder in list_checkpoints():  # keep the model cards in step with this code
         info = read_training_info(folder)
