@@ -148,7 +148,7 @@ def test_hostile_text(shipped, reference, page, kind):
             assert f"its first {context} tokens" in " ".join(texts_of(at.caption))
     elif page == "learn":
         captions = " ".join(texts_of(at.caption))
-        assert f"tokens whose depth differs between the two rules" in captions
+        assert "tokens whose depth differs between the two rules" in captions
         assert f"for all {tokens} tokens" in captions
         assert any("request 1" in h.proto.body for h in at.html)  # the engine ran on prompts cut from it
     elif page in TABS:

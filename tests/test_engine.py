@@ -12,13 +12,12 @@ import itertools
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
 
 import mor
 from helpers import KV_CACHES, ROUTINGS, SHARINGS, generated, shipped_checkpoints, tiny_model
 from mor.analysis.naive import naive_generate
 from mor.inference import plan as plan_module
-from mor.inference.engine import Engine
+from mor.inference.engine import PREFILL_TOKENS, Engine
 from mor.inference.runner import Runner
 
 
@@ -88,6 +87,26 @@ def test_any_batch_shape_gives_the_same_result(max_batch, max_inflight, prefill_
     assert engine.generate(prompts, 6) == ref
 
 
+def test_a_narrow_engine_reads_each_prompt_in_one_wide_pass():
+    """max_batch bounds the decode rows of a pass, not its prompt rows: at max_batch 1 a 40-token
+    prompt enters in one prelude pass (not 40), beside at most one decode row, and the tokens are
+    still generate's."""
+    model = tiny_model(routing="expert_choice", sharing="middle_cycle")
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in (40, 12, 25)]
+    engine = Engine(model, max_batch=1)
+    events = list(engine.stream(prompts, 5))
+    assert engine.results == alone(model, prompts, [5] * 3)
+    prelude_prompt_passes = [e.prefill_rows for e in events if e.stage == "prelude" and e.prefill_rows]
+    assert sum(prelude_prompt_passes) == 77 and len(prelude_prompt_passes) <= 3  # a pass per prompt at most
+    assert all(e.rows - e.prefill_rows <= 1 for e in events)
+    assert any(e.prefill_rows and e.rows > e.prefill_rows for e in events), "a prompt rode beside a decode row"
+    narrow = Engine(model, max_batch=1, prefill_chunk=1)  # the old default: one prompt token per pass
+    narrow_events = list(narrow.stream(prompts, 5))
+    assert narrow.results == engine.results
+    assert sum(e.stage == "prelude" for e in narrow_events) > 77 > sum(e.stage == "prelude" for e in events)
+
+
 def test_chunked_prefill_of_long_prompts_in_many_shapes():
     """Prompts much longer than a chunk, of very different lengths, with requests at every stage
     of their prefill and decode sharing passes."""
@@ -112,7 +131,9 @@ def test_requests_queue_for_slots_and_events_track_progress():
     engine = Engine(model, max_batch=2, max_inflight=3)
     events = list(engine.stream(prompts, 4))
     assert max(e.in_flight for e in events) == 3 and events[0].waiting == 3
-    assert all(1 <= e.rows <= 2 for e in events) and all(e.block_items <= 2 for e in events)
+    # at most 2 decode rows per pass; prompt chunks (default max(2, PREFILL_TOKENS) tokens) on top
+    assert engine.max_tokens == engine.prefill_chunk == PREFILL_TOKENS
+    assert all(1 <= e.rows <= engine.max_tokens and e.rows - e.prefill_rows <= 2 for e in events)
     assert {e.stage for e in events} == {"prelude", "block", "coda", "head"}
     assert events[-1].tokens_generated == 24 and events[-1].in_flight == 0
     assert sorted(i for e in events for i in e.finished) == list(range(6))
@@ -209,8 +230,8 @@ def test_bad_arguments():
         Engine(model, max_batch=0)
     with pytest.raises(ValueError, match="max_inflight must be >= 1"):
         Engine(model, max_inflight=0)
-    with pytest.raises(ValueError, match=r"prefill_chunk=5 must be in 1..max_batch \(4\)"):
-        Engine(model, max_batch=4, prefill_chunk=5)
+    with pytest.raises(ValueError, match="prefill_chunk must be >= 1, got 0"):
+        Engine(model, max_batch=4, prefill_chunk=0)
     with pytest.raises(ValueError, match="empty"):
         Engine(model).generate([[]], 3)
     with pytest.raises(ValueError, match="2 entries for 1 prompts"):
@@ -269,15 +290,18 @@ def test_passes_run_full_width_when_the_queue_allows(W, monkeypatch):
 
 
 def test_vanilla_passes_are_full_and_one_set_per_batch_of_tokens():
-    """Without routing every token takes the same path: W rows per pass, and decoding N tokens
-    for 4W requests makes ~4N sets of layer passes (plus prefill), not one per request."""
+    """Without routing every token takes the same path: W decode rows per pass, and decoding N
+    tokens for 4W requests makes 4N sets of layer passes plus prefill, not one per request. The
+    16 four-token prompts fill one pass of max_tokens = 64 rows, or 16 passes of W rows when a
+    pass carries no more than W."""
     W, N = 4, 6
     model = tiny_model(routing="none", sharing="cycle", num_recursions=1, num_hidden_layers=3)
     prompts = [[1 + i, 2, 3, 4] for i in range(4 * W)]  # one chunk each
-    engine = Engine(model, max_batch=W)
-    engine.generate(prompts, N, stop_at_eos=False)
-    stats = engine.stage_stats
-    assert stats["block"]["rows"] == 4 * W * (4 + N) and stats["block"]["runs"] == 4 * (4 + N)
+    for chunk, prefill_runs in ((None, 1), (W, 4 * W)):
+        engine = Engine(model, max_batch=W, prefill_chunk=chunk)
+        engine.generate(prompts, N, stop_at_eos=False)
+        stats = engine.stage_stats
+        assert stats["block"]["rows"] == 4 * W * (4 + N) and stats["block"]["runs"] == prefill_runs + 4 * N
     assert stats["head"]["rows"] == 4 * W * N and stats["head"]["runs"] == 4 * N  # one row per new token
     # no prelude or coda layers: the embedding and the hand-over are no weight passes
     assert engine.passes["prelude"] == engine.passes["coda"] == 0

@@ -31,16 +31,19 @@ How it works. The model is cut into stages, each with its own queue of waiting w
 A stage without layers (no prelude or coda, as in a vanilla model) makes no weight pass: it runs at
 once, on everything queued.
 
-An engine step runs ONE stage's pass over up to `max_batch` rows of its queue (first come first
-served, a unit never split): a stage whose queue holds a full batch runs first (the one furthest
-down the model when several do, so tokens finish and requests move on), otherwise the stage with
-the most rows (nothing else can run). More requests are in flight than a pass carries
+An engine step runs ONE stage's pass over its queue, first come first served, a unit never split:
+up to `max_batch` decode rows and up to `max_tokens` rows in all, so prompt chunks ride beside a
+full batch of decode items (as vLLM's max_num_batched_tokens bounds a step's tokens apart from its
+sequences). A stage whose queue holds a full batch runs first (the one furthest down the model
+when several do, so tokens finish and requests move on), otherwise the stage with the most rows
+(nothing else can run). More requests are in flight than a pass carries
 (`max_inflight`, default 4 x `max_batch`), so the queues fill and every stage runs on full batches
 instead of every iteration paying every stage for the items that happen to be there: early exits
 turn into throughput because an exited token simply stops queueing for the block.
 
-Chunked prefill: a prompt enters as chunks of up to `prefill_chunk` tokens that ride the same
-passes as decode items (docs/architecture.md, "The engine"). Each request has one unit in flight
+Chunked prefill: a prompt enters as chunks of up to `prefill_chunk` tokens (default
+`max(max_batch, PREFILL_TOKENS)`: a narrow engine still reads a prompt in a few wide passes, not
+one pass per token) that ride the same passes as decode items (docs/architecture.md, "The engine"). Each request has one unit in flight
 at a time, a chunk or its decode token (mor/inference/requests.py), which keeps its K/V rows in
 position order: the chunk's tokens take their recursion steps together (each decides its own depth,
 as in the model's forward), the chunk runs the coda once all of them have exited, and then the
@@ -82,6 +85,11 @@ from ..model.sampling import pick_next, sampling_warpers
 from .plan import Items, PassInput, build_pass
 from .requests import Request, Unit, eos_ids, parse_prompts, per_request
 from .runner import Runner
+
+# Default prompt tokens per chunk for a narrow engine (max_batch below it). On a CPU a layer call
+# costs about the same from 1 to ~64 rows (docs/performance.md), so a 64-token prompt read in one
+# pass instead of 64 one-row passes is the cheapest prefill a small max_batch can have.
+PREFILL_TOKENS = 64
 
 
 @dataclass
@@ -145,15 +153,16 @@ class Engine:
 
     model: the model (float32 or other; its weights are snapshotted into fused matrices at
         construction: call `refresh()` after changing them).
-    max_batch: rows one pass carries at most, decode and prompt tokens together: a full batch. A
-        stage whose queue holds a full batch runs first (otherwise the one holding the most, when
-        nothing else can run). Default 64: on a CPU a pass costs about the same whatever its row
-        count up to ~64 rows (docs/performance.md), so wider passes are nearly free; a GPU's flat
-        region is much wider.
+    max_batch: decode rows one pass carries at most: a full batch. A stage whose queue holds a
+        full batch runs first (otherwise the one holding the most, when nothing else can run).
+        Default 64: on a CPU a pass costs about the same whatever its row count up to ~64 rows
+        (docs/performance.md), so wider passes are nearly free; a GPU's flat region is much wider.
     max_inflight: requests holding a K/V slot at once (default 4 x max_batch: with about one unit
         per request spread over the stage queues, some queue then holds a full batch). K/V memory
         grows with it: max_inflight x cache slots x the longest request. Requests beyond it queue.
-    prefill_chunk: prompt tokens a request sends through together (default and at most max_batch).
+    prefill_chunk: prompt tokens a request sends through together (default
+        max(max_batch, PREFILL_TOKENS)). A pass carries at most `max_tokens` =
+        max(max_batch, prefill_chunk) rows in all, prompt chunks included.
     depth_cap / fixed_depth: as in `model.generate` (the model's depth policy decides every step).
     """
 
@@ -162,14 +171,15 @@ class Engine:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1.")
         max_inflight = 4 * max_batch if max_inflight is None else max_inflight
-        prefill_chunk = max_batch if prefill_chunk is None else prefill_chunk
+        prefill_chunk = max(max_batch, PREFILL_TOKENS) if prefill_chunk is None else prefill_chunk
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1.")
-        if not 1 <= prefill_chunk <= max_batch:
-            raise ValueError(f"prefill_chunk={prefill_chunk} must be in 1..max_batch ({max_batch}): a chunk rides one pass.")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}.")
         self.runner = Runner(model, depth_cap, fixed_depth)
         self.model, self.config = model, model.config
         self.max_batch, self.max_inflight, self.prefill_chunk = max_batch, max_inflight, prefill_chunk
+        self.max_tokens = max(max_batch, prefill_chunk)
         self.depth_cap, self.fixed_depth, self.max_depth = depth_cap, fixed_depth, self.runner.max_depth
 
     def refresh(self) -> None:
@@ -257,7 +267,7 @@ class _Schedule:
 
     def __init__(self, engine: Engine, reqs: list[Request], eos: set[int], warpers, slots: int):
         self.engine, self.runner = engine, engine.runner
-        self.W, self.chunk = engine.max_batch, engine.prefill_chunk
+        self.W, self.T, self.chunk = engine.max_batch, engine.max_tokens, engine.prefill_chunk
         self.eos, self.warpers = eos, warpers
         r = self.runner
         self.waiting = deque(reqs)
@@ -364,14 +374,19 @@ class _Schedule:
         return best
 
     def take(self, stage: _Stage) -> list[Unit]:
-        """Units for one pass, first come first served up to max_batch rows (all of them for a stage
-        without weight passes); a unit that does not fit the room left waits for the next pass."""
-        room = self.W if stage.cost else stage.rows
+        """Units for one pass, first come first served: up to max_batch decode rows and max_tokens
+        rows in all (every unit for a stage without weight passes); a unit that does not fit the
+        room left waits for the next pass."""
+        if not stage.cost:
+            taken, stage.queue, stage.rows = stage.queue, [], 0
+            return taken
+        room, decode_room = self.T, self.W
         taken, kept = [], []
         for i, unit in enumerate(stage.queue):
-            if unit.size <= room:
+            if unit.size <= room and (unit.prompt or unit.size <= decode_room):
                 taken.append(unit)
                 room -= unit.size
+                decode_room -= 0 if unit.prompt else unit.size
                 stage.rows -= unit.size
             else:
                 kept.append(unit)

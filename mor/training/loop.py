@@ -22,7 +22,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -159,8 +158,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in preset_train(args.preset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if not 0 <= args.addition_share < 1:
-        raise ValueError(f"--addition-share must be in [0, 1), got {args.addition_share}.")
+    if not 0 <= args.addition_share <= 1:
+        raise ValueError(f"--addition-share must be in [0, 1], got {args.addition_share}.")
     if not 0 <= args.depth_cap_prob <= 1:
         raise ValueError(f"--depth-cap-prob must be in [0, 1], got {args.depth_cap_prob}.")
     return args

@@ -78,7 +78,7 @@ from .costs import (  # noqa: F401
     _median_time, trace_seconds, decode_ms_per_token, measure_growth, _decode_ms, _pass_costs, _profiled, _breakdown, profile_engine, validation_nll, depth_cap_sweep,
 )
 from .summary import (  # noqa: F401
-    summarize, routed_engine_rows, target_check, serving_targets, workload_check, targets, _where, _extremes, findings, serving_findings, full_pass_rows, pass_fill, serving_ceilings, pass_model, path_comparison, pass_cost, depth_for, _serving_configs, depth_for_speedup, passes_depth_for_speedup,
+    summarize, routed_engine_rows, target_check, serving_targets, workload_check, targets, _where, _extremes, findings, serving_findings, full_pass_rows, full_passes, pass_fill, serving_ceilings, pass_model, path_comparison, pass_cost, depth_for, _serving_configs, depth_for_speedup, passes_depth_for_speedup,
 )
 from .cli import (  # noqa: F401
     run_benchmark, run_meta, profile_batch, measure, write_report, run, add_arguments, register_cli, main, bench_doc,

@@ -68,7 +68,7 @@ def serve_engine(model, prompts, width: int, new_tokens: int) -> dict:
     return {"wall_seconds": wall, "tokens": tokens, "times": times, "mean_depth": sum(depths) / max(len(depths), 1),
             "mean_depth_all": block_rows / max(fed, 1), "passes": engine.passes, "pass_rows": engine.pass_rows,
             "stage_stats": stats,
-            "max_inflight": engine.max_inflight, "prefill_chunk": engine.prefill_chunk}
+            "max_inflight": engine.max_inflight, "prefill_chunk": engine.prefill_chunk, "max_tokens": engine.max_tokens}
 
 
 @torch.inference_mode()
@@ -156,6 +156,7 @@ def serving_row(key: tuple, rs: list[dict], config, prompt_len: int, new_tokens:
     if first["runner"] == "engine":
         stages = first["stage_stats"]
         row.update(max_inflight=first["max_inflight"], prefill_chunk=first["prefill_chunk"],
+                   max_tokens=first["max_tokens"],
                    pass_rows=first["pass_rows"],
                    passes_per_token=sum(first["passes"].values()) / max(first["tokens"], 1),
                    passes_per_token_by_stage={k: v / max(first["tokens"], 1) for k, v in first["passes"].items()},

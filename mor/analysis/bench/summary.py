@@ -149,24 +149,41 @@ def full_pass_rows(config, prompt_len: int, new_tokens: int, depth: float) -> fl
     its recursion steps, so its depth is known) through each prelude layer and, at mean depth
     `depth`, through the layers of each step it takes; all but the last through each coda layer;
     new_tokens rows through the LM head. With every pass full (W rows), a request costs this / W."""
-    prelude, steps, coda = config.layer_plan()
+    through, coda = _token_layers(config, depth)
     fed = prompt_len + new_tokens
+    return fed * through + (fed - 1) * coda + new_tokens
+
+
+def _token_layers(config, depth: float) -> tuple[float, int]:
+    """Layer calls of one token at mean depth `depth`: (prelude + the steps it takes, coda)."""
+    prelude, steps, coda = config.layer_plan()
     block = sum(len(layers) * min(max(depth - r, 0.0), 1.0) for r, layers in enumerate(steps))
-    return fed * (len(prelude) + block) + (fed - 1) * len(coda) + new_tokens
+    return len(prelude) + block, len(coda)
+
+
+def full_passes(config, prompt_len: int, new_tokens: int, depth: float, width: int, max_tokens: int) -> float:
+    """Weight passes one request needs on the engine when every pass is full: its prompt tokens'
+    layer rows (`full_pass_rows` of the prompt alone, less its LM-head row) in passes of
+    `max_tokens` rows, the rest (decode rows and every LM-head row) in passes of `width` rows."""
+    prompt = prompt_len * sum(_token_layers(config, depth))
+    rest = full_pass_rows(config, prompt_len, new_tokens, depth) - prompt
+    return prompt / max_tokens + rest / width
 
 
 def pass_fill(report: dict) -> list[dict]:
-    """Per serving engine row: the weight passes per new token it made, the count `full_pass_rows`
-    gives at its measured depth with every pass carrying W rows, and fill = full / made (1: every
-    pass full; lower: passes ran part-empty, at start-up, drain or on short queues)."""
+    """Per serving engine row: the weight passes per new token it made, the count `full_passes`
+    gives at its measured depth with every pass full (W decode rows, prompt chunks up to the
+    engine's max_tokens), and fill = full / made (1: every pass full; lower: passes ran part-empty,
+    at start-up, drain or on short queues)."""
     s = report.get("serving") or {}
     out = []
     for r in s.get("rows") or []:
         if not r.get("passes_per_token") or r["checkpoint"] not in report["configs"]:
             continue
         cfg = MoRConfig(**report["configs"][r["checkpoint"]])
-        full = full_pass_rows(cfg, s["prompt_len"], s["new_tokens"], r["mean_depth_all"])
-        full /= s["new_tokens"] * r["width"]
+        tokens = r.get("max_tokens") or max(r["width"], r["prefill_chunk"])
+        full = full_passes(cfg, s["prompt_len"], s["new_tokens"], r["mean_depth_all"], r["width"], tokens)
+        full /= s["new_tokens"]
         out.append({"checkpoint": r["checkpoint"], "width": r["width"], "passes_per_token": r["passes_per_token"],
                     "full_passes_per_token": full, "fill": full / r["passes_per_token"]})
     return out
