@@ -65,13 +65,13 @@ def page_header(title: str, *captions: str) -> tuple[str, dict] | None:
     return None if name is None else (name, checkpoints.checkpoint_info(name))
 
 
-def text_picker(key: str = "text", label: str = "Text", height: int = 140) -> str:
-    """A sample chooser plus a text area, seeded from the URL query `key`."""
-    default = query_default(key, SAMPLE_TEXTS["Shakespeare"])
-    sample = st.selectbox("Sample text", ["(your own)", *SAMPLE_TEXTS], key=f"sample_{key}")
-    if sample != "(your own)":
-        default = SAMPLE_TEXTS[sample]
-    return st.text_area(label, value=default, height=height, key=f"area_{key}_{sample}")
+def text_picker(key: str = "text", label: str = "Text", height: int = 140, sample: str = "Shakespeare") -> str:
+    """A sample chooser plus a text area, seeded from the URL query `key`, else SAMPLE_TEXTS[sample]."""
+    default = query_default(key, SAMPLE_TEXTS[sample])
+    chosen = st.selectbox("Sample text", ["(your own)", *SAMPLE_TEXTS], key=f"sample_{key}")
+    if chosen != "(your own)":
+        default = SAMPLE_TEXTS[chosen]
+    return st.text_area(label, value=default, height=height, key=f"area_{key}_{chosen}")
 
 
 def routing_mode_picker(routing: str, key: str = "mode", container=None) -> str:

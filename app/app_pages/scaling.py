@@ -39,7 +39,8 @@ def main() -> None:
         return
     name, info = picked
     R = info["num_recursions"]
-    text = widgets.text_picker()
+    # a long held-out text by default: on a short line the caps' NLLs are within noise of each other
+    text = widgets.text_picker(sample="Pride and Prejudice (held out)")
     if R < 2:
         widgets.sync_query(ckpt=name, text=text, cap=None, mode=None)
         st.info(f"{name} has a single recursion: there is no depth to scale. Pick a recursive checkpoint.")
