@@ -118,7 +118,8 @@ def queue_row(event) -> dict:
 def batching_run(name: str, text: str, requests: int, max_batch: int, max_inflight: int,
                  new_tokens: int) -> dict:
     """Decode `requests` prompts cut from `text` (`batching_prompts`) on the real engine,
-    greedy, with passes of up to `max_batch` rows and `max_inflight` requests in flight, recording
+    greedy, with passes of up to `max_batch` decode rows (prompt chunks ride beside them, up to
+    the engine's `max_tokens` rows in all) and `max_inflight` requests in flight, recording
     every pass (`queue_row`) and which request's new token ran at which recursion step in every
     block pass. Also the block passes static batches of `max_batch` requests would need for the
     same depths."""
@@ -140,6 +141,7 @@ def batching_run(name: str, text: str, requests: int, max_batch: int, max_inflig
                  for start in range(0, requests, max_batch) for t in range(new_tokens))
     return {"columns": columns, "passes": passes, "depths": depths, "static_block_runs": static,
             "requests": requests, "max_batch": max_batch, "max_inflight": max_inflight,
+            "max_tokens": engine.max_tokens,
             "num_recursions": model.config.num_recursions, "items": sum(len(c) for c in columns),
             "stages": list(engine.stage_stats)}
 

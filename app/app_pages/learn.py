@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import checkpoints, kv_cache, mechanisms, render, traces, widgets
+from mor.inference.engine import PREFILL_TOKENS
 from mor.model.configuration import SHARING_STRATEGIES
 
 # Columns of the KV grid; longer texts are counted in full but drawn only this far.
@@ -185,7 +186,8 @@ def section_batching(name: str, text: str) -> None:
         "Every recursion step applies the **same** block, so tokens at different steps can share one "
         "pass of it. The engine cuts the model into stages (the first layers, the shared block, the "
         "last layers, the LM head), each with a **queue**. A pass runs one stage over up to *rows per "
-        "pass* queued tokens, of any request and any recursion step, prompt tokens beside new ones; a "
+        "pass* queued new tokens, of any request and any recursion step, with chunks of prompt tokens "
+        f"beside them (up to {PREFILL_TOKENS} tokens in all: prefill rides in the same passes as decoding); a "
         "stage with a full batch goes first. After a block pass each token asks the router whether it "
         "takes another step: if so it queues for the block again, if not it moves on to the last "
         "layers and, once its request's token is done, the LM head picks the next token, which queues "
@@ -194,7 +196,9 @@ def section_batching(name: str, text: str) -> None:
     c1, c2, c3 = st.columns(3)
     requests = c1.slider("Requests", 2, 16, 12, key="learn_requests")
     width = c2.slider("Rows per pass", 1, 8, 4, key="learn_width",
-                      help="The engine's `max_batch`: tokens one pass carries at most.")
+                      help="The engine's `max_batch`: decode tokens one pass carries at most. Prompts enter "
+                           "beside them in chunks (chunked prefill), so a pass carries up to "
+                           f"max(this, {PREFILL_TOKENS}) tokens in all.")
     inflight = c3.slider("Requests in flight", 1, 16, 8, key="learn_slots",
                          help="The engine's `max_inflight`: requests holding a KV-cache slot at once; "
                               "the others wait.")
@@ -225,7 +229,9 @@ def show_stage_queues(name: str, text: str, run: dict) -> None:
     stages = run["stages"]
     passes = pd.DataFrame(run["passes"])
     st.caption(f"Tokens waiting in each stage's queue after every pass of the run above "
-               f"({len(passes)} passes; one pass per stage run, layers of a stage together).")
+               f"({len(passes)} passes; one pass per stage run, layers of a stage together). A pass "
+               f"carries up to {run['max_batch']} decode tokens and, beside them, prompt chunks: "
+               f"{run['max_tokens']} tokens in all.")
     st.line_chart(passes.set_index("pass")[stages], x_label="pass", y_label="tokens queued")
     counts = passes.groupby("stage", sort=False).agg(passes=("rows", "size"), rows=("rows", "sum"),
                                                       prompt_rows=("prompt rows", "sum"))
