@@ -60,13 +60,17 @@ def serving_intro(report: dict) -> list[str]:
     p = s["matmul_peak"]
     inflight = {r["max_inflight"] / r["width"] for r in s["rows"] if r.get("max_inflight")}
     flight = f"max_inflight = {inflight.pop():g}W, " if len(inflight) == 1 else ""
+    chunks = sorted({r["prefill_chunk"] for r in s["rows"] if r.get("prefill_chunk")})
+    chunk = (f"prompt chunks of up to max(W, {chunks[0]}) tokens beside the decode rows" if chunks
+             and all(r["prefill_chunk"] == max(r["width"], chunks[0]) for r in s["rows"] if r.get("prefill_chunk"))
+             else "prefill chunks of W tokens")
     before_after = " and ".join(f"{q['gflops']:.1f}" for q in p.get("measurements", []))
     return [
         "## Serving: issue 14's workload", "",
         f"At each width W (rows per pass), {s['requests_per_slot']}W requests of {s['prompt_len']} prompt tokens "
         f"({s['prompt_source']}) all arrive at t = 0 and decode {s['new_tokens']} new tokens each (greedy, float32, "
         "end-of-text ignored). Each checkpoint serves them on the engine (`Engine(model, max_batch=W)`, "
-        f"{flight}prefill chunks of W tokens); **llama** = transformers' `LlamaForCausalLM.generate` of vanilla's "
+        f"{flight}{chunk}); **llama** = transformers' `LlamaForCausalLM.generate` of vanilla's "
         "dimensions (random weights) on the same requests, W at a time (static batches, one after another). "
         f"Medians of {s['repeats']} interleaved repeats. *tok/s* = new tokens / wall seconds, prefill included; "
         "*TTFT* = time to first token, per request, from the start of the whole workload (a later static batch "
