@@ -66,6 +66,57 @@ def test_stream_rows_mask_the_operands(tokenizer, reverse):
     assert all(l in (-100, i) for i, l in zip(ids, labels))
 
 
+def test_in_text_rows_put_runs_of_problems_between_text_snippets(tokenizer):
+    fmt = AdditionFormat.zero_padded(3)
+    stream = AdditionStream(fmt, tokenizer)
+    text = tokenizer("In 1987 the 12 ships sailed 345 miles." * 40, add_special_tokens=False).input_ids[:400]
+    assert len(text) == 400 and stream.newline not in text
+    ids, labels = stream.row(400, random.Random(3), text)
+    assert len(ids) == len(labels) == 400
+    # Split the row at newlines: each piece is a whole problem or a text snippet, and the snippets,
+    # joined, are the start of `text` in order.
+    pieces, start = [], 1
+    for end in [i for i, t in enumerate(ids) if t == stream.newline][1:]:
+        pieces.append((start, end))
+        start = end + 1
+    problems, snippet_ids, runs, run = 0, [], [], 0
+    for start, end in pieces:
+        line = tokenizer.decode(ids[start:end])
+        if re.fullmatch(r"\d{3}\+\d{3}=\d{4}", line):
+            a, b = int(line[:3]), int(line[4:7])
+            assert line == fmt.line(a, b) and pair_bucket(a, b) != 0
+            assert tokenizer.decode([l for l in labels[start:end + 1] if l != -100]) == fmt.answer(a, b) + "\n"
+            problems, run = problems + 1, run + 1
+        else:  # a snippet: every token labelled, the newline that opens the next run is not
+            assert 8 <= end - start <= 32 and labels[start:end] == ids[start:end] and labels[end] == -100
+            snippet_ids += ids[start:end]
+            runs.append(run)
+            run = 0
+    assert snippet_ids == text[:len(snippet_ids)]
+    assert runs and all(1 <= r <= 4 for r in runs) and problems >= 2 * len(runs) - 2
+    # the layout reaches the batch: the same rows with and without it differ only in addition rows
+    from mor.data.windows import TokenData
+    import numpy as np
+
+    data = TokenData(np.array(text * 3, dtype=np.uint16))
+    rows_x, rows_labels = loop.training_batch(data, stream, 0.5, 16, 200, torch.Generator().manual_seed(0))
+    mixed_x, _ = loop.training_batch(data, stream, 0.5, 16, 200, torch.Generator().manual_seed(0), "in_text")
+    problem_rows = (rows_labels == -100).any(1)
+    assert torch.equal(rows_x[~problem_rows], mixed_x[~problem_rows])
+    assert all(set(text) & set(row.tolist()) for row in mixed_x[problem_rows])
+
+
+def test_fixed_depth_steps_follow_their_probability():
+    from mor.model.configuration import MoRConfig
+
+    config = MoRConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                       num_hidden_layers=5, num_recursions=3, routing="expert_choice", vocab_size=50)
+    gen = torch.Generator().manual_seed(0)
+    draws = [loop.sample_fixed_depth(config, 0.25, gen) for _ in range(2000)]
+    assert set(draws) == {None, 3} and 0.2 < draws.count(3) / 2000 < 0.3
+    assert loop.sample_fixed_depth(config, 0.0, gen) is None
+
+
 def test_stream_needs_one_token_per_digit(tmp_path):
     sample = tmp_path / "s.txt"
     sample.write_text("100 200 300 047 586 0633\n" * 200, encoding="utf-8")
@@ -101,6 +152,8 @@ def test_presets_fill_what_the_command_line_leaves_out():
     assert (args.addition_share, args.seq_len) == (0.0, 64)
     with pytest.raises(ValueError, match="addition-share"):
         loop.resolve_settings(parser.parse_args(["train", "--out", "x", "--addition-share", "1.5"]))
+    with pytest.raises(ValueError, match="fixed-depth-prob"):
+        loop.resolve_settings(parser.parse_args(["train", "--out", "x", "--fixed-depth-prob", "-0.1"]))
 
 
 class FakeAdder(torch.nn.Module):

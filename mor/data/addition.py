@@ -92,13 +92,26 @@ def sample_pairs(digits: int, count: int, seed: int, held_out: bool) -> list[tup
     return [draw_pair(digits, rng, held_out) for _ in range(count)]
 
 
+ADDITION_LAYOUTS = ("rows", "in_text")
+RUN_PROBLEMS = (1, 4)  # "in_text": problems per run between two text snippets (inclusive)
+SNIPPET_TOKENS = (8, 32)  # "in_text": tokens of text between two runs (inclusive)
+
+
 class AdditionStream:
     """Training rows of addition problems, drawn fresh (outside the probe's bucket) for each row.
 
-    A row is "\n" + problem + "\n" + problem ... cut to `seq_len` tokens, so every problem starts
-    a line as in the probe. `balanced` draws operand lengths uniformly (see `_operand`); the probe
-    always draws uniform full-width operands. `labels` masks the operands (-100): they are random digits with
-    nothing to learn, and their loss would drown the signal of the answers.
+    Layout "rows": a row is "\n" + problem + "\n" + problem ... cut to `seq_len` tokens, so every
+    problem starts a line as in the probe. Layout "in_text": the row starts the same way, but runs
+    of 1-4 problems alternate with snippets of 8-32 tokens of the row's own text window, so most
+    runs open with no solved problem in view. Why: in "rows" only the first problem of a row has no
+    earlier problem to copy the procedure from, and the v2 probe checkpoint learned to lean on one:
+    teacher-forced, 72% exact match with nothing before the problem (what `mor probe` asks), 94% with
+    one solved problem before it, 0.4% after a line of prose.
+
+    `balanced` draws operand lengths uniformly (see `_operand`); the probe always draws uniform
+    full-width operands. `labels` masks the operands (-100): they are random digits with nothing to
+    learn, and their loss would drown the signal of the answers; a newline that opens a run after
+    text is masked too (nothing announces it).
     """
 
     def __init__(self, fmt: AdditionFormat, tokenizer, balanced: bool = False):
@@ -115,12 +128,23 @@ class AdditionStream:
                              "with `mor data` (digits are split one per token).")
         return ids[0]
 
-    def row(self, seq_len: int, rng: random.Random) -> tuple[list[int], list[int]]:
-        """(ids, labels) of one row of `seq_len` tokens."""
+    def row(self, seq_len: int, rng: random.Random, text: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """(ids, labels) of one row of `seq_len` tokens; with `text` (at least `seq_len` token ids),
+        the "in_text" layout, its snippets taken in order from `text`."""
         ids, labels = [self.newline], [-100]
+        run_left = rng.randint(*RUN_PROBLEMS) if text is not None else seq_len
+        used = 0  # tokens of `text` used so far
         while len(ids) < seq_len:
+            if run_left == 0:  # a snippet of text, then a newline that opens the next run
+                n = rng.randint(*SNIPPET_TOKENS)
+                snippet = text[used:used + n]
+                used += n
+                ids += snippet + [self.newline]
+                labels += snippet + [-100]
+                run_left = rng.randint(*RUN_PROBLEMS)
             a, b = draw_pair(self.fmt.digits, rng, held_out=False, balanced=self.balanced)
             prompt, answer = self.fmt.prompt(a, b), self.fmt.answer(a, b)
             ids += [self.vocab[c] for c in prompt + answer] + [self.newline]
             labels += [-100] * len(prompt) + [self.vocab[c] for c in answer] + [self.newline]
+            run_left -= 1
         return ids[:seq_len], labels[:seq_len]

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..model.configuration import MoRConfig
-from ..data.addition import AdditionFormat, AdditionStream
+from ..data.addition import ADDITION_LAYOUTS, AdditionFormat, AdditionStream
 from ..data.windows import TokenData
 from ..model.flops import forward_flops
 from ..model.loading import save_checkpoint
@@ -162,6 +162,10 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--addition-share must be in [0, 1], got {args.addition_share}.")
     if not 0 <= args.depth_cap_prob <= 1:
         raise ValueError(f"--depth-cap-prob must be in [0, 1], got {args.depth_cap_prob}.")
+    if not 0 <= args.fixed_depth_prob <= 1:
+        raise ValueError(f"--fixed-depth-prob must be in [0, 1], got {args.fixed_depth_prob}.")
+    if args.addition_layout not in ADDITION_LAYOUTS:
+        raise ValueError(f"--addition-layout must be one of {', '.join(ADDITION_LAYOUTS)}, got {args.addition_layout!r}.")
     return args
 
 
@@ -173,17 +177,18 @@ def addition_format(args) -> AdditionFormat | None:
 
 
 def training_batch(train_data: TokenData, stream: AdditionStream | None, share: float, batch_size: int,
-                   seq_len: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                   seq_len: int, gen: torch.Generator, layout: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, labels) of one step: text windows, and on average `share` of the rows addition problems
-    (their operands masked out of the labels). Everything is drawn from `gen`, so a resumed run
-    sees the same rows."""
+    (their operands masked out of the labels), laid out as `layout` says (`AdditionStream`; "in_text"
+    takes its snippets from the row's own text window). Everything is drawn from `gen`, so a resumed
+    run sees the same rows."""
     x = train_data.batch(batch_size, seq_len, gen)
     labels = x.clone()
     if stream is not None:
         rows = (torch.rand(batch_size, generator=gen) < share).nonzero().flatten().tolist()
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
         for row in rows:
-            ids, row_labels = stream.row(seq_len, rng)
+            ids, row_labels = stream.row(seq_len, rng, x[row].tolist() if layout == "in_text" else None)
             x[row], labels[row] = torch.tensor(ids), torch.tensor(row_labels)
     return x, labels
 
@@ -194,6 +199,14 @@ def sample_depth_cap(config: MoRConfig, probability: float, gen: torch.Generator
     if config.num_recursions < 2 or not probability or torch.rand(1, generator=gen).item() >= probability:
         return None
     return int(torch.randint(1, config.num_recursions, (1,), generator=gen))
+
+
+def sample_fixed_depth(config: MoRConfig, probability: float, gen: torch.Generator) -> int | None:
+    """With `probability`, N_r: this step sends every token through every recursion (routers
+    ignored for the decision), so the deep recursions also learn the tokens the routers skip; else None."""
+    if config.num_recursions < 2 or not probability or torch.rand(1, generator=gen).item() >= probability:
+        return None
+    return config.num_recursions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,9 +268,11 @@ def run(args: argparse.Namespace) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"] * world + rank)
-        x, labels = training_batch(train_data, stream, args.addition_share, args.batch_size, args.seq_len, gen)
+        x, labels = training_batch(train_data, stream, args.addition_share, args.batch_size, args.seq_len, gen,
+                                   args.addition_layout)
         cap = sample_depth_cap(config, args.depth_cap_prob, gen)
-        result = wrapped(x, labels=labels, use_cache=False, depth_cap=cap)
+        fixed = None if cap else sample_fixed_depth(config, args.fixed_depth_prob, gen)
+        result = wrapped(x, labels=labels, use_cache=False, depth_cap=cap, fixed_depth=fixed)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -307,7 +322,8 @@ def finish(args, model, tokenizer, val_windows, state, out: Path, world: int) ->
         "final_val_nll": round(nll, 5), "final_val_mean_depth": round(depth, 4),
         "val_tokens": int(val_windows[:, 1:].numel()), "calibration": calibration,
         "probe": fmt.record() if (fmt := addition_format(args)) else None,
-        "addition_share": args.addition_share, "depth_cap_prob": args.depth_cap_prob,
+        "addition_share": args.addition_share, "addition_layout": args.addition_layout,
+        "depth_cap_prob": args.depth_cap_prob, "fixed_depth_prob": args.fixed_depth_prob,
         "loss_curve": state["curve"][:: max(1, len(state["curve"]) // 400)], "val_curve": state["val_curve"],
         "corpus": {"train": str(args.train_file or Path(args.data) / "train.txt"),
                    "sources": json.loads(sources.read_text()) if sources.is_file() else None},
@@ -352,8 +368,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="write the sums last digit first")
     p.add_argument("--addition-balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="draw operand lengths uniformly (short operands as common as long ones) instead of uniform numbers")
+    p.add_argument("--addition-layout", choices=ADDITION_LAYOUTS,
+                   help="rows: addition rows hold problems only; in_text: runs of 1-4 problems between snippets "
+                        "of the row's text, so most problems have no solved one in view (mor/data/addition.py)")
     p.add_argument("--depth-cap-prob", type=float,
                    help="probability that a step trains under a random depth cap in 1..N_r-1 (anytime readout)")
+    p.add_argument("--fixed-depth-prob", type=float,
+                   help="probability that a step sends every token through all N_r recursions (routers ignored)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and batch sampling")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
