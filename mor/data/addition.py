@@ -132,7 +132,7 @@ class AdditionStream:
         """(ids, labels) of one row of `seq_len` tokens; with `text` (at least `seq_len` token ids),
         the "in_text" layout, its snippets taken in order from `text`."""
         ids, labels = [self.newline], [-100]
-        run_left = rng.randint(*RUN_PROBLEMS) if text is not None else seq_len
+        run_left = rng.randint(*RUN_PROBLEMS) if text is not None else None  # problems before the next snippet
         used = 0  # tokens of `text` used so far
         while len(ids) < seq_len:
             if run_left == 0:  # a snippet of text, then a newline that opens the next run
@@ -146,5 +146,6 @@ class AdditionStream:
             prompt, answer = self.fmt.prompt(a, b), self.fmt.answer(a, b)
             ids += [self.vocab[c] for c in prompt + answer] + [self.newline]
             labels += [-100] * len(prompt) + [self.vocab[c] for c in answer] + [self.newline]
-            run_left -= 1
+            if run_left is not None:
+                run_left -= 1
         return ids[:seq_len], labels[:seq_len]

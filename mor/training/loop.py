@@ -158,12 +158,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in preset_train(args.preset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if not 0 <= args.addition_share <= 1:
-        raise ValueError(f"--addition-share must be in [0, 1], got {args.addition_share}.")
-    if not 0 <= args.depth_cap_prob <= 1:
-        raise ValueError(f"--depth-cap-prob must be in [0, 1], got {args.depth_cap_prob}.")
-    if not 0 <= args.fixed_depth_prob <= 1:
-        raise ValueError(f"--fixed-depth-prob must be in [0, 1], got {args.fixed_depth_prob}.")
+    for key in ("addition_share", "depth_cap_prob", "fixed_depth_prob"):
+        if not 0 <= getattr(args, key) <= 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be in [0, 1], got {getattr(args, key)}.")
     if args.addition_layout not in ADDITION_LAYOUTS:
         raise ValueError(f"--addition-layout must be one of {', '.join(ADDITION_LAYOUTS)}, got {args.addition_layout!r}.")
     return args
@@ -193,10 +190,15 @@ def training_batch(train_data: TokenData, stream: AdditionStream | None, share: 
     return x, labels
 
 
+def coin(config: MoRConfig, probability: float, gen: torch.Generator) -> bool:
+    """True with `probability` for a recursive model (a draw from `gen` only then)."""
+    return config.num_recursions >= 2 and bool(probability) and torch.rand(1, generator=gen).item() < probability
+
+
 def sample_depth_cap(config: MoRConfig, probability: float, gen: torch.Generator) -> int | None:
     """With `probability`, a depth cap drawn uniformly from 1..N_r-1 for this step ("anytime"
     training: the readout learns to work after any number of recursions); else None."""
-    if config.num_recursions < 2 or not probability or torch.rand(1, generator=gen).item() >= probability:
+    if not coin(config, probability, gen):
         return None
     return int(torch.randint(1, config.num_recursions, (1,), generator=gen))
 
@@ -204,9 +206,7 @@ def sample_depth_cap(config: MoRConfig, probability: float, gen: torch.Generator
 def sample_fixed_depth(config: MoRConfig, probability: float, gen: torch.Generator) -> int | None:
     """With `probability`, N_r: this step sends every token through every recursion (routers
     ignored for the decision), so the deep recursions also learn the tokens the routers skip; else None."""
-    if config.num_recursions < 2 or not probability or torch.rand(1, generator=gen).item() >= probability:
-        return None
-    return config.num_recursions
+    return config.num_recursions if coin(config, probability, gen) else None
 
 
 def run(args: argparse.Namespace) -> int:
