@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mor.inference.engine import PASS_TOKENS
+
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
@@ -72,9 +74,9 @@ def test_stage_queues_are_the_engine_passes_and_play_live(checkpoint_name):
     at.slider(key="learn_slots").set_value(4).run()
     table = next(d.value for d in at.dataframe if "rows per pass" in d.value.columns)
     assert (table["passes"] > 0).all()
-    # A pass carries at most 2 decode rows; prompt chunks ride beside them, 64 rows in all.
+    # A pass carries at most 2 decode rows; prompt chunks ride beside them, PASS_TOKENS rows in all.
     decode = (table["rows"] - table["prompt rows"]) / table["passes"]
-    assert (decode <= 2).all() and (table["rows per pass"] <= 64).all()
+    assert (decode <= 2).all() and (table["rows per pass"] <= PASS_TOKENS).all()
     assert table["prompt rows"].sum() > 0 and (table["rows per pass"] > 2).any()
     total = int(table["passes"].sum())
     caption = next(c.value for c in at.caption if "Tokens waiting in each stage" in c.value)

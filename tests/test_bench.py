@@ -19,7 +19,7 @@ import mor
 from helpers import tiny_config, tiny_model
 from mor import MoRConfig
 from mor.analysis import bench, report
-from mor.inference.engine import PREFILL_TOKENS, Engine
+from mor.inference.engine import PASS_TOKENS, PREFILL_TOKENS, Engine
 from mor.data.tokenizer import train_tokenizer
 
 IMAGES = ["perf_serving.png", "perf_decode_vs_batch.png", "perf_cost_growth.png"]
@@ -401,7 +401,8 @@ def check_serving(data: dict) -> None:
             assert 1 <= r["mean_depth"] <= cfg.num_recursions and 1 <= r["mean_depth_all"] <= cfg.num_recursions
             # the full-pass row count is the engine's own: every row of every weight pass
             assert r["pass_rows"] == pytest.approx(r["requests"] * bench.full_pass_rows(cfg, 5, 3, r["mean_depth_all"]))
-            assert r["prefill_chunk"] == r["max_tokens"] == max(w, PREFILL_TOKENS) and r["max_inflight"] == 4 * w
+            assert r["prefill_chunk"] == max(w, PREFILL_TOKENS) and r["max_tokens"] == max(w, PASS_TOKENS)
+            assert r["max_inflight"] == 4 * w
     fill = data["findings"]["serving"]["fill"]
     assert len(fill) == 4 and all(0 < f["fill"] <= 1 + 1e-9 for f in fill)
     assert rows[("van", 1)]["mean_depth_all"] == 1.0

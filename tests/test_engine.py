@@ -17,7 +17,7 @@ import mor
 from helpers import KV_CACHES, ROUTINGS, SHARINGS, generated, shipped_checkpoints, tiny_model
 from mor.analysis.naive import naive_generate
 from mor.inference import plan as plan_module
-from mor.inference.engine import PREFILL_TOKENS, Engine
+from mor.inference.engine import PASS_TOKENS, PREFILL_TOKENS, Engine
 from mor.inference.runner import Runner
 
 
@@ -90,18 +90,24 @@ def test_any_batch_shape_gives_the_same_result(max_batch, max_inflight, prefill_
 def test_a_narrow_engine_reads_each_prompt_in_one_wide_pass():
     """max_batch bounds the decode rows of a pass, not its prompt rows: at max_batch 1 a 40-token
     prompt enters in one prelude pass (not 40), beside at most one decode row, and the tokens are
-    still generate's."""
+    still generate's. With the default pass budget (PASS_TOKENS rows) all three prompts enter in
+    one pass; with 64 rows the third rides beside a decode row."""
     model = tiny_model(routing="expert_choice", sharing="middle_cycle")
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in (40, 12, 25)]
-    engine = Engine(model, max_batch=1)
+    wide = Engine(model, max_batch=1)
+    assert wide.max_tokens == PASS_TOKENS
+    wide_events = list(wide.stream(prompts, 5))
+    assert [e.prefill_rows for e in wide_events if e.stage == "prelude" and e.prefill_rows] == [77]
+    engine = Engine(model, max_batch=1, max_tokens=64)
     events = list(engine.stream(prompts, 5))
+    assert engine.results == wide.results
     assert engine.results == alone(model, prompts, [5] * 3)
     prelude_prompt_passes = [e.prefill_rows for e in events if e.stage == "prelude" and e.prefill_rows]
     assert sum(prelude_prompt_passes) == 77 and len(prelude_prompt_passes) <= 3  # a pass per prompt at most
     assert all(e.rows - e.prefill_rows <= 1 for e in events)
     assert any(e.prefill_rows and e.rows > e.prefill_rows for e in events), "a prompt rode beside a decode row"
-    narrow = Engine(model, max_batch=1, prefill_chunk=1)  # the old default: one prompt token per pass
+    narrow = Engine(model, max_batch=1, prefill_chunk=1, max_tokens=1)  # the old default: one prompt token per pass
     narrow_events = list(narrow.stream(prompts, 5))
     assert narrow.results == engine.results
     assert sum(e.stage == "prelude" for e in narrow_events) > 77 > sum(e.stage == "prelude" for e in events)
@@ -115,8 +121,9 @@ def test_chunked_prefill_of_long_prompts_in_many_shapes():
     prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in (1, 40, 7, 23, 2, 31, 16, 3, 50, 11)]
     news = [4, 3, 6, 1, 5, 2, 7, 3, 2, 6]
     ref = alone(model, prompts, news)
-    for shape in [dict(max_batch=8, max_inflight=3, prefill_chunk=5), dict(max_batch=6, max_inflight=10),
-                  dict(max_batch=16, max_inflight=4, prefill_chunk=3)]:
+    for shape in [dict(max_batch=8, max_inflight=3, prefill_chunk=5, max_tokens=8),
+                  dict(max_batch=6, max_inflight=10, max_tokens=64),
+                  dict(max_batch=16, max_inflight=4, prefill_chunk=3, max_tokens=16)]:
         engine = Engine(model, **shape)
         events = list(engine.stream(prompts, news))
         assert engine.results == ref, shape
@@ -131,8 +138,9 @@ def test_requests_queue_for_slots_and_events_track_progress():
     engine = Engine(model, max_batch=2, max_inflight=3)
     events = list(engine.stream(prompts, 4))
     assert max(e.in_flight for e in events) == 3 and events[0].waiting == 3
-    # at most 2 decode rows per pass; prompt chunks (default max(2, PREFILL_TOKENS) tokens) on top
-    assert engine.max_tokens == engine.prefill_chunk == PREFILL_TOKENS
+    # at most 2 decode rows per pass; prompt chunks (default max(2, PREFILL_TOKENS) tokens) on top,
+    # PASS_TOKENS rows in all
+    assert engine.prefill_chunk == PREFILL_TOKENS and engine.max_tokens == PASS_TOKENS
     assert all(1 <= e.rows <= engine.max_tokens and e.rows - e.prefill_rows <= 2 for e in events)
     assert {e.stage for e in events} == {"prelude", "block", "coda", "head"}
     assert events[-1].tokens_generated == 24 and events[-1].in_flight == 0
@@ -232,6 +240,8 @@ def test_bad_arguments():
         Engine(model, max_inflight=0)
     with pytest.raises(ValueError, match="prefill_chunk must be >= 1, got 0"):
         Engine(model, max_batch=4, prefill_chunk=0)
+    with pytest.raises(ValueError, match=r"max_tokens must be >= max\(max_batch, prefill_chunk\) = 8, got 4"):
+        Engine(model, max_batch=8, prefill_chunk=8, max_tokens=4)
     with pytest.raises(ValueError, match="empty"):
         Engine(model).generate([[]], 3)
     with pytest.raises(ValueError, match="2 entries for 1 prompts"):
@@ -292,13 +302,13 @@ def test_passes_run_full_width_when_the_queue_allows(W, monkeypatch):
 def test_vanilla_passes_are_full_and_one_set_per_batch_of_tokens():
     """Without routing every token takes the same path: W decode rows per pass, and decoding N
     tokens for 4W requests makes 4N sets of layer passes plus prefill, not one per request. The
-    16 four-token prompts fill one pass of max_tokens = 64 rows, or 16 passes of W rows when a
+    16 four-token prompts fill one pass of the default max_tokens, or 16 passes of W rows when a
     pass carries no more than W."""
     W, N = 4, 6
     model = tiny_model(routing="none", sharing="cycle", num_recursions=1, num_hidden_layers=3)
     prompts = [[1 + i, 2, 3, 4] for i in range(4 * W)]  # one chunk each
     for chunk, prefill_runs in ((None, 1), (W, 4 * W)):
-        engine = Engine(model, max_batch=W, prefill_chunk=chunk)
+        engine = Engine(model, max_batch=W, prefill_chunk=chunk, max_tokens=chunk)
         engine.generate(prompts, N, stop_at_eos=False)
         stats = engine.stage_stats
         assert stats["block"]["rows"] == 4 * W * (4 + N) and stats["block"]["runs"] == prefill_runs + 4 * N
@@ -308,6 +318,29 @@ def test_vanilla_passes_are_full_and_one_set_per_batch_of_tokens():
 
 
 # ---- attention read plans ---------------------------------------------------------------------------
+
+
+def test_cohorts_keep_requests_together_so_decode_passes_read_in_place(monkeypatch):
+    """Prompts of scattered lengths finish prefill in a scrambled order; passes that take the
+    oldest unit's cohort (its aligned range of max_batch slots) first regroup the requests, so
+    without routing every decode-only pass reads one slot range in place (no gathered rows), and
+    the tokens are still generate's."""
+    gathers = []
+    plan_lists = plan_module._plan_lists
+
+    def spy(*args):
+        p = plan_lists(*args)
+        if not p.chunk_len:
+            gathers.append("gather_rows" in args[0].spans)
+        return p
+
+    monkeypatch.setattr(plan_module, "_plan_lists", spy)
+    model = tiny_model(routing="none", sharing="cycle", num_recursions=1, num_hidden_layers=3)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 99, (n,), generator=g).tolist() for n in torch.randint(3, 30, (16,), generator=g).tolist()]
+    engine = Engine(model, max_batch=4)
+    assert engine.generate(prompts, 12) == alone(model, prompts, [12] * 16)
+    assert len(gathers) > 20 and not any(gathers)
 
 
 @pytest.mark.parametrize("kv_cache", ["recursion_wise", "shared"])

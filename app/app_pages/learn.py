@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import checkpoints, kv_cache, mechanisms, render, traces, widgets
-from mor.inference.engine import PREFILL_TOKENS
+from mor.inference.engine import PASS_TOKENS
 from mor.model.configuration import SHARING_STRATEGIES
 
 # Columns of the KV grid; longer texts are counted in full but drawn only this far.
@@ -187,7 +187,7 @@ def section_batching(name: str, text: str) -> None:
         "pass of it. The engine cuts the model into stages (the first layers, the shared block, the "
         "last layers, the LM head), each with a **queue**. A pass runs one stage over up to *rows per "
         "pass* queued new tokens, of any request and any recursion step, with chunks of prompt tokens "
-        f"beside them (up to {PREFILL_TOKENS} tokens in all: prefill rides in the same passes as decoding); a "
+        f"beside them (up to {PASS_TOKENS} tokens in all: prefill rides in the same passes as decoding); a "
         "stage with a full batch goes first. After a block pass each token asks the router whether it "
         "takes another step: if so it queues for the block again, if not it moves on to the last "
         "layers and, once its request's token is done, the LM head picks the next token, which queues "
@@ -198,7 +198,7 @@ def section_batching(name: str, text: str) -> None:
     width = c2.slider("Rows per pass", 1, 8, 4, key="learn_width",
                       help="The engine's `max_batch`: decode tokens one pass carries at most. Prompts enter "
                            "beside them in chunks (chunked prefill), so a pass carries up to "
-                           f"max(this, {PREFILL_TOKENS}) tokens in all.")
+                           f"max(this, {PASS_TOKENS}) tokens in all.")
     inflight = c3.slider("Requests in flight", 1, 16, 8, key="learn_slots",
                          help="The engine's `max_inflight`: requests holding a KV-cache slot at once; "
                               "the others wait.")

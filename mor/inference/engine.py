@@ -6,7 +6,7 @@ Run example::
     import mor
     from mor.inference.engine import Engine
     model, tok = mor.load("mor-ec-r3", device="cpu")
-    engine = Engine(model, max_batch=64)            # 64 rows per pass, up to 256 requests in flight
+    engine = Engine(model, max_batch=64)            # 64 decode rows per pass, up to 256 requests in flight
     prompts = [tok(t).input_ids for t in ["The king", "Once upon a time", "In 1990 the"]]
     for ids, depths in engine.generate(prompts, max_new_tokens=32):  # the new tokens only
         print(tok.decode(ids), depths)
@@ -31,15 +31,19 @@ How it works. The model is cut into stages, each with its own queue of waiting w
 A stage without layers (no prelude or coda, as in a vanilla model) makes no weight pass: it runs at
 once, on everything queued.
 
-An engine step runs ONE stage's pass over its queue, first come first served, a unit never split:
-up to `max_batch` decode rows and up to `max_tokens` rows in all, so prompt chunks ride beside a
-full batch of decode items (as vLLM's max_num_batched_tokens bounds a step's tokens apart from its
-sequences). A stage whose queue holds a full batch runs first (the one furthest down the model
-when several do, so tokens finish and requests move on), otherwise the stage with the most rows
-(nothing else can run). More requests are in flight than a pass carries
-(`max_inflight`, default 4 x `max_batch`), so the queues fill and every stage runs on full batches
-instead of every iteration paying every stage for the items that happen to be there: early exits
-turn into throughput because an exited token simply stops queueing for the block.
+An engine step runs ONE stage's pass over its queue, a unit never split: up to `max_batch` decode
+rows and up to `max_tokens` rows in all (default max(max_batch, prefill_chunk, PASS_TOKENS)), so
+prompt chunks ride beside a full batch of decode items (as vLLM's max_num_batched_tokens bounds a
+step's tokens apart from its sequences). The oldest unit always rides; the rest come first from the
+oldest unit's cohort (the `max_batch` request slots its slot falls in), then first come first
+served: requests admitted together then keep travelling together, their K/V rows sit side by side,
+and attention reads them in place instead of copying them (mor/inference/plan.py). A stage whose
+queue holds a full batch runs first (the one furthest down the model when several do, so tokens
+finish and requests move on), otherwise the stage with the most rows (nothing else can run). More
+requests are in flight than a pass carries (`max_inflight`, default 4 x `max_batch`), so the queues
+fill and every stage runs on full batches instead of every iteration paying every stage for the
+items that happen to be there: early exits turn into throughput because an exited token simply stops
+queueing for the block.
 
 Chunked prefill: a prompt enters as chunks of up to `prefill_chunk` tokens (default
 `max(max_batch, PREFILL_TOKENS)`: a narrow engine still reads a prompt in a few wide passes, not
@@ -90,6 +94,11 @@ from .runner import Runner
 # costs about the same from 1 to ~64 rows (docs/performance.md), so a 64-token prompt read in one
 # pass instead of 64 one-row passes is the cheapest prefill a small max_batch can have.
 PREFILL_TOKENS = 64
+# Default rows a pass may carry in all, decode rows and prompt chunks together, when max_batch is
+# below it. Prefill is most of a short-answer workload's tokens; a 512-row pass runs its matmuls
+# near this CPU's peak where 64-row passes pay per-call costs eight times (measured on the serving
+# workload of `mor bench`, docs/performance.md).
+PASS_TOKENS = 512
 
 
 @dataclass
@@ -161,13 +170,15 @@ class Engine:
         per request spread over the stage queues, some queue then holds a full batch). K/V memory
         grows with it: max_inflight x cache slots x the longest request. Requests beyond it queue.
     prefill_chunk: prompt tokens a request sends through together (default
-        max(max_batch, PREFILL_TOKENS)). A pass carries at most `max_tokens` =
-        max(max_batch, prefill_chunk) rows in all, prompt chunks included.
+        max(max_batch, PREFILL_TOKENS)).
+    max_tokens: rows a pass carries at most, prompt chunks included (default
+        max(max_batch, prefill_chunk, PASS_TOKENS); at least max(max_batch, prefill_chunk)).
     depth_cap / fixed_depth: as in `model.generate` (the model's depth policy decides every step).
     """
 
     def __init__(self, model: MoRForCausalLM, max_batch: int = 64, max_inflight: int | None = None,
-                 prefill_chunk: int | None = None, depth_cap: int | None = None, fixed_depth: int | None = None):
+                 prefill_chunk: int | None = None, max_tokens: int | None = None, depth_cap: int | None = None,
+                 fixed_depth: int | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1.")
         max_inflight = 4 * max_batch if max_inflight is None else max_inflight
@@ -176,10 +187,14 @@ class Engine:
             raise ValueError("max_inflight must be >= 1.")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}.")
+        least = max(max_batch, prefill_chunk)
+        max_tokens = max(least, PASS_TOKENS) if max_tokens is None else max_tokens
+        if max_tokens < least:
+            raise ValueError(f"max_tokens must be >= max(max_batch, prefill_chunk) = {least}, got {max_tokens}.")
         self.runner = Runner(model, depth_cap, fixed_depth)
         self.model, self.config = model, model.config
         self.max_batch, self.max_inflight, self.prefill_chunk = max_batch, max_inflight, prefill_chunk
-        self.max_tokens = max(max_batch, prefill_chunk)
+        self.max_tokens = max_tokens
         self.depth_cap, self.fixed_depth, self.max_depth = depth_cap, fixed_depth, self.runner.max_depth
 
     def refresh(self) -> None:
@@ -242,8 +257,8 @@ class Engine:
         slots = max(1, min(self.max_inflight, sum(n > 0 for n in news)))
         schedule = _Schedule(self, reqs, eos, warpers, slots)
         # pool rows: one per request slot (its decode token), and prompt chunks for every stage to
-        # hold one (so prefill alone can keep the passes busy)
-        self.runner.allocate(slots, slots + (len(schedule.order) + 1) * self.prefill_chunk,
+        # hold a full pass of them (so prefill alone can keep the passes busy)
+        self.runner.allocate(slots, slots + (len(schedule.order) + 1) * self.max_tokens,
                              max((len(p) + n for p, n in zip(plist, news)), default=0) + 1)
         schedule.free_rows = list(range(self.runner.h.shape[0]))[::-1]
         self.stage_stats = schedule.stats
@@ -374,27 +389,31 @@ class _Schedule:
         return best
 
     def take(self, stage: _Stage) -> list[Unit]:
-        """Units for one pass, first come first served: up to max_batch decode rows and max_tokens
-        rows in all (every unit for a stage without weight passes); a unit that does not fit the
-        room left waits for the next pass."""
+        """Units for one pass: up to max_batch decode rows and max_tokens rows in all (every unit for
+        a stage without weight passes). The oldest unit first, then the other units of its cohort
+        (slots in the same aligned range of max_batch), then the rest, each in queue order; a unit
+        that does not fit the room left waits for the next pass, keeping its place in the queue. The
+        pass runs its units in slot order."""
         if not stage.cost:
             taken, stage.queue, stage.rows = stage.queue, [], 0
             return taken
+        queue = stage.queue
+        cohort = queue[0].req.slot // self.W
+        mates = [u.req.slot // self.W == cohort for u in queue]
         room, decode_room = self.T, self.W
-        taken, kept = [], []
-        for i, unit in enumerate(stage.queue):
+        taken, chosen = [], set()
+        for i in [i for i, m in enumerate(mates) if m] + [i for i, m in enumerate(mates) if not m]:
+            unit = queue[i]
             if unit.size <= room and (unit.prompt or unit.size <= decode_room):
                 taken.append(unit)
+                chosen.add(i)
                 room -= unit.size
                 decode_room -= 0 if unit.prompt else unit.size
-                stage.rows -= unit.size
-            else:
-                kept.append(unit)
-            if room == 0:
-                kept += stage.queue[i + 1:]
-                break
-        stage.queue = kept
-        return taken
+                if room == 0:
+                    break
+        stage.queue = [u for i, u in enumerate(queue) if i not in chosen]
+        stage.rows -= sum(u.size for u in taken)
+        return sorted(taken, key=lambda u: u.req.slot)  # slot order: in-place reads need no reordering
 
     # ---- the passes ------------------------------------------------------------------------------
     def _pass(self, units: list[Unit], table, **extra) -> PassInput:

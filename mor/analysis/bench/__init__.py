@@ -18,7 +18,7 @@ Serving (issue 14's workload and targets, `measure_serving`): at every width W o
 --serving-widths (rows per pass, the engine's max_batch), --serving-requests-per-slot x W requests
 (default 4W) of --prompt-len real-text tokens all arrive at t = 0 and decode
 --serving-new-tokens tokens each (default 32), greedy, end-of-text ignored. Each checkpoint runs
-them on the engine (`Engine(model, max_batch=W)`, its default max_inflight and prefill_chunk);
+them on the engine (`Engine(model, max_batch=W)`, its default max_inflight, prefill_chunk and max_tokens);
 transformers' `LlamaForCausalLM.generate` of vanilla's dimensions runs the same requests W at a time
 (static batches, one after another). Wall time includes prefill: tokens/s = new tokens / wall
 seconds; time to first token (TTFT) per request counts from the start of the whole workload (so a

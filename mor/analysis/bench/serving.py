@@ -48,7 +48,7 @@ def latency_stats(times: list[list[float]]) -> dict:
 
 
 def serve_engine(model, prompts, width: int, new_tokens: int) -> dict:
-    """Every request on one engine (max_batch=`width`, its default max_inflight and prefill_chunk),
+    """Every request on one engine (max_batch=`width`, its default max_inflight, prefill_chunk and max_tokens),
     all arriving at t = 0; wall seconds include prefill and the stream's set-up. A token's time is
     the perf_counter stamp at the event of the head pass that picked it. Mean depth: of the new
     tokens (`depths`), and of every token through the layers (block-stage rows / tokens fed)."""

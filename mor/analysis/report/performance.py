@@ -64,6 +64,9 @@ def serving_intro(report: dict) -> list[str]:
     chunk = (f"prompt chunks of up to max(W, {chunks[0]}) tokens beside the decode rows" if chunks
              and all(r["prefill_chunk"] == max(r["width"], chunks[0]) for r in s["rows"] if r.get("prefill_chunk"))
              else "prefill chunks of W tokens")
+    budgets = sorted({r["max_tokens"] for r in s["rows"] if r.get("max_tokens")})
+    if budgets and all(r["max_tokens"] == max(r["width"], budgets[0]) for r in s["rows"] if r.get("max_tokens")):
+        chunk += f", up to max(W, {budgets[0]}) rows per pass in all"
     before_after = " and ".join(f"{q['gflops']:.1f}" for q in p.get("measurements", []))
     return [
         "## Serving: issue 14's workload", "",
