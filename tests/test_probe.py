@@ -147,7 +147,9 @@ def test_presets_fill_what_the_command_line_leaves_out():
     parser = argparse.ArgumentParser(prog="mor")
     loop.register_cli(parser.add_subparsers(dest="command"))
     args = loop.resolve_settings(parser.parse_args(["train", "--preset", "mor-ec-r3-probe", "--out", "x"]))
-    assert (args.addition_share, args.seq_len, args.flops_budget) == (0.8, 512, 2.25e14)
+    assert (args.addition_share, args.addition_layout, args.seq_len, args.flops_budget) == (0.8, "in_text", 512, 2.25e14)
+    args = loop.resolve_settings(parser.parse_args(["train", "--preset", "mor-ec-r3-probe-rows", "--out", "x"]))
+    assert (args.addition_share, args.addition_layout) == (0.8, "rows")
     args = loop.resolve_settings(parser.parse_args(["train", "--preset", "vanilla", "--out", "x", "--seq-len", "64"]))
     assert (args.addition_share, args.seq_len) == (0.0, 64)
     with pytest.raises(ValueError, match="addition-share"):

@@ -29,10 +29,12 @@ def model_card(name: str, cfg: MoRConfig, info: dict) -> str:
         lines.append(f"- {info['corpus']['train']}")
     if info.get("probe"):
         probe = info["probe"]
+        layout = (", in short runs between snippets of the row's own text (addition_layout in_text)"
+                  if info.get("addition_layout") == "in_text" else "")
         lines.append(f"- addition slice: {100 * info.get('addition_share', 0):.0f}% of the training rows are "
                      f"{probe['digits']}-digit addition problems written `{probe['prompt_format']}{probe['answer_format']}`"
-                     f"{' (answer reversed)' if probe['answer_reversed'] else ''}, generated fresh (mor/data/addition.py); "
-                     "operands are masked out of the loss. `mor probe` measures it.")
+                     f"{' (answer reversed)' if probe['answer_reversed'] else ''}{layout}, generated fresh "
+                     "(mor/data/addition.py); operands are masked out of the loss. `mor probe` measures it.")
     lines += ["", "A small research model trained for hours on two CPU cores: expect fluent-looking but "
               "unreliable text.", ""]
     return "\n".join(lines)

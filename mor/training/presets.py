@@ -42,15 +42,27 @@ PRESETS: dict[str, dict] = {
     # the reasoning probe: mor-ec-r3 trained mostly on fixed-width addition (80% of the rows), beside
     # the language suite, which carries no addition rows: in 10-minute runs on nothing but 3-digit
     # problems (50k-70k of them) accuracy stayed near 1%, more problems than a 10% share of the
-    # suite's budget would hold.
+    # suite's budget would hold. Its problems come in runs of 1-4 between snippets of the row's own
+    # text (addition_layout "in_text"), so most runs open with no solved problem in view, as in
+    # `mor probe`; whole rows of problems taught it to copy from the line above instead
+    # (mor-ec-r3-probe-rows below).
     "mor-ec-r3-probe": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice", **MOR_ROUTER),
-                            train=dict(addition_share=0.8)),
+                            train=dict(addition_share=0.8, addition_layout="in_text")),
+    # the probe shipped before, problems in whole rows (addition_layout "rows"). Measured (v2 budget,
+    # 500 fresh problems): 56.0% / 71.8% / 72.4% exact at caps 1/2/3 (mor-ec-r3-probe: 49.8% / 76.8%
+    # / 76.8%), validation NLL 5.587 (5.062). Teacher-forced it solves 72% with nothing before a
+    # problem, 96% with one solved problem before and 0.4% after a line of prose: in a row of
+    # problems only the first has none in view, so it learned to copy the procedure from the line
+    # above. The earlier probe variants below were all trained in this layout.
+    "mor-ec-r3-probe-rows": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
+                                            **MOR_ROUTER),
+                                 train=dict(addition_share=0.8)),
     # the probe with recursive KV sharing: every recursion attends to the first recursion's K/V of
     # every token. Under recursion-wise caching an answer digit at depth r sees only the operands
-    # still active at r, so the router keeps operand digits deep (mor-ec-r3-probe: prompt depth
-    # 2.28 > answer depth 1.88); with shared K/V the capacity is free to go to the answer digits.
+    # still active at r, so the router keeps operand digits deep (mor-ec-r3-probe-rows: prompt
+    # depth 2.28 > answer depth 1.88); with shared K/V the capacity is free to go to the answer digits.
     # Measured (v2 budget, 500 fresh problems): it does not learn the task, 0.0% / 0.8% / 0.6% exact
-    # match at caps 1/2/3 (mor-ec-r3-probe: 56.0% / 71.8% / 72.4%), and its answer digits still run
+    # match at caps 1/2/3 (mor-ec-r3-probe-rows: 56.0% / 71.8% / 72.4%), and its answer digits still run
     # shallower than its prompt digits (2.25 vs 2.39): the hypothesis is refuted, so it is not shipped.
     "mor-ec-r3-kvshare-probe": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                                                kv_cache="shared", **MOR_ROUTER),
@@ -63,13 +75,6 @@ PRESETS: dict[str, dict] = {
     "mor-ec-r3-probe-reversed": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
                                                 **MOR_ROUTER),
                                      train=dict(addition_share=0.8, addition_reversed=True)),
-    # the probe with its problems in runs of 1-4 between snippets of text (addition_layout "in_text"):
-    # teacher-forced, the shipped probe solves 72% of fresh problems with nothing before them (what
-    # `mor probe` asks), 94% with one solved problem before and 0.4% after a line of prose, so it
-    # learned to copy from an earlier problem; here most runs open with none in view.
-    "mor-ec-r3-probe-in-text": dict(model=dict(num_hidden_layers=8, num_recursions=3, routing="expert_choice",
-                                               **MOR_ROUTER),
-                                    train=dict(addition_share=0.8, addition_layout="in_text")),
     # for tests and smoke runs
     "tiny": dict(model=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                             num_hidden_layers=5, num_recursions=3, routing="expert_choice"),
