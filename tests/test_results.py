@@ -119,3 +119,55 @@ def test_levers_table_reads_the_reference_from_the_measured_row():
     assert "6.111" in lines[3] and "-1.8%" in lines[3] and lines[3].endswith("better |")
     assert "not measured here" in lines[4]
     assert report.results.experiments_table({"rows": rows}) == []
+
+
+def test_only_remeasures_the_named_checkpoints_and_keeps_checked_rows(tmp_path, monkeypatch, capsys):
+    """`mor results --only NAME`: the other rows come from the saved results.json, unless their
+    weights changed, the texts differ or the name is unknown (then a clear error, nothing written)."""
+    import argparse
+    from types import SimpleNamespace
+
+    folders = [tmp_path / "ckpts" / name for name in ("vanilla", "mor-x")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights of " + folder.name.encode())
+    texts = {"validation": "the val text"}
+    monkeypatch.setattr(results, "list_checkpoints", lambda: list(folders))
+    monkeypatch.setattr(results, "evaluation_texts", lambda *a: (dict(texts), dict.fromkeys(texts, "src")))
+    monkeypatch.setattr(results, "load", lambda folder, device: (None, None))
+    monkeypatch.setattr(results.analysis, "trace", lambda m, t, text: SimpleNamespace(token_ids=[7], token_nll=[None]))
+    measured = []
+
+    def fake_measure(folder, texts_, vanilla, n):
+        measured.append((folder.name, vanilla))
+        return {**row(folder.name, 1 if folder.name == "vanilla" else 3, [5.0, 4.9, 4.8]), "measured": "now", "measure_seconds": 1.0,
+                "weights_sha256": results.weights_sha256(folder), "_trace": {"token_ids": [1], "token_nll": [None]}}
+
+    monkeypatch.setattr(results, "measure_checkpoint", fake_measure)
+    args = argparse.Namespace(data=str(tmp_path), baseline_val=None, fortunes_chars=10, probe_examples=5,
+                              out=str(tmp_path), baseline=None, only=None)
+    full = results.measure_suite(args)
+    assert [m[0] for m in measured] == ["vanilla", "mor-x"] and "kept" not in full
+    full["rows"][0]["val_nll"] = 4.321  # a mark to find in the kept row
+    (tmp_path / "results.json").write_text(json.dumps(full))
+
+    measured.clear()
+    part = results.measure_suite(argparse.Namespace(**{**vars(args), "only": ["mor-x"]}))
+    assert measured == [("mor-x", {"token_ids": [7], "token_nll": [None]})]  # vanilla traced for the difficulty readings
+    assert part["rows"][0]["val_nll"] == 4.321 and part["kept"] == {"rows": ["vanilla"], "baseline": True}
+    assert "This run measured mor-x; the rows of vanilla (now) were kept" in report.results.kept_note(part)
+
+    with pytest.raises(ValueError, match="no shipped checkpoint: nope"):
+        results.measure_suite(argparse.Namespace(**{**vars(args), "only": ["nope"]}))
+    (folders[0] / "model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(ValueError, match="vanilla's weights changed"):
+        results.measure_suite(argparse.Namespace(**{**vars(args), "only": ["mor-x"]}))
+    texts["validation"] = "another, longer validation text"
+    with pytest.raises(ValueError, match="other texts"):
+        results.measure_suite(argparse.Namespace(**{**vars(args), "only": ["vanilla"]}))
+    texts["validation"] = "the val text"
+    del full["rows"][0]["weights_sha256"], full["rows"][0]["measured"]  # a row from before fingerprints
+    (tmp_path / "results.json").write_text(json.dumps({**full, "generated": "2026-12-01 10:00 UTC"}))
+    part = results.measure_suite(argparse.Namespace(**{**vars(args), "only": ["mor-x"]}))
+    assert part["rows"][0]["measured"] == "2026-12-01 10:00 UTC"
+    assert "measured before rows recorded their weights' SHA-256" in capsys.readouterr().out

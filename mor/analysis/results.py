@@ -2,6 +2,11 @@
 
     mor results --data data --out docs                       # the suite in checkpoints/
     mor results --data data --out docs --baseline /tmp/v1 --baseline-val data_v1/val.txt
+    mor results --data data --out docs --baseline-val data_v1/val.txt --only mor-ec-r3-probe
+
+`--only NAME ...` measures just those checkpoints (after retraining one) and keeps every other row,
+and the baseline, from the results.json already in --out: a kept row must have been measured on
+the same texts, from the same weights (each row records its weights file's SHA-256).
 
 Measurement and writing are apart: `measure_suite` returns plain data (docs/results.json holds it
 whole), `mor.analysis.report.render_results` turns that data into markdown, and every sentence
@@ -26,6 +31,7 @@ the same texts for bits per byte, so "better than before" is measured in one run
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import time
@@ -118,6 +124,15 @@ def recipe(info: dict, cfg) -> dict:
     return out
 
 
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 of a checkpoint's weights file: what a kept row of `--only` is checked against."""
+    digest = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def measure_checkpoint(folder: Path, texts: dict[str, str], vanilla: dict | None, probe_examples: int) -> dict:
     """One checkpoint's row (see the module docstring); plain data only."""
     model, tokenizer = load(folder, device="cpu")
@@ -126,7 +141,8 @@ def measure_checkpoint(folder: Path, texts: dict[str, str], vanilla: dict | None
     start = time.perf_counter()
     trace = analysis.trace(model, tokenizer, texts["validation"])
     row = {
-        "name": folder.name, "routing": cfg.routing, "sharing": cfg.sharing, "kv_cache": cfg.kv_cache,
+        "name": folder.name, "weights_sha256": weights_sha256(folder),
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "routing": cfg.routing, "sharing": cfg.sharing, "kv_cache": cfg.kv_cache,
         "R": cfg.num_recursions, "L": cfg.num_hidden_layers, "context": cfg.max_position_embeddings,
         "capacities": list(cfg.capacities) if cfg.routing == "expert_choice" else None,
         "unique_params": model.num_parameters(), "effective_params": model.num_effective_parameters(),
@@ -175,14 +191,56 @@ def evaluation_texts(data: Path, baseline_val: Path | None, fortunes_chars: int)
     return texts, sources
 
 
+def kept_rows(previous: dict, texts: dict[str, str], folders: list[Path], only: set[str]) -> dict[str, dict]:
+    """The rows `--only` keeps from a saved results.json, checked: measured on the same texts, and
+    (when the row records it) from the weights the checkpoint holds now. ValueError otherwise."""
+    names = {f.name for f in folders}
+    if only - names:
+        raise ValueError(f"--only names no shipped checkpoint: {', '.join(sorted(only - names))}; "
+                         f"choose from {', '.join(sorted(names))}.")
+    saved = {name: info.get("chars") for name, info in previous.get("texts", {}).items()}
+    now = {name: len(text) for name, text in texts.items()}
+    if saved != now:
+        raise ValueError(f"the saved results were measured on other texts ({saved}) than this run's ({now}); "
+                         "give the same --data / --baseline-val, or measure every checkpoint.")
+    rows = {row["name"]: row for row in previous.get("rows", [])}
+    kept = {}
+    for folder in folders:
+        if folder.name in only:
+            continue
+        if folder.name not in rows:
+            raise ValueError(f"{folder.name} has no saved row to keep; add it to --only.")
+        recorded = rows[folder.name].get("weights_sha256")
+        if recorded is None:
+            print(f"note: keeping {folder.name}'s row, measured before rows recorded their weights' SHA-256", flush=True)
+        elif recorded != weights_sha256(folder):
+            raise ValueError(f"{folder.name}'s weights changed since its row was measured; add it to --only.")
+        kept[folder.name] = {**rows[folder.name], "measured": rows[folder.name].get("measured", previous.get("generated"))}
+    return kept
+
+
 def measure_suite(args: argparse.Namespace) -> dict:
     folders = sorted(list_checkpoints(), key=lambda p: (p.name != "vanilla", p.name))
     if not folders:
         raise ValueError("no checkpoints found under checkpoints/.")
     texts, sources = evaluation_texts(Path(args.data), Path(args.baseline_val) if args.baseline_val else None,
                                       args.fortunes_chars)
+    previous, kept = {}, {}
+    if args.only:
+        saved = Path(args.out) / "results.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--only keeps rows from {saved}, which does not exist; measure every checkpoint first.")
+        previous = json.loads(saved.read_text())
+        kept = kept_rows(previous, texts, folders, set(args.only))
     rows, vanilla = [], None
     for folder in folders:
+        if folder.name in kept:
+            rows.append(kept[folder.name])
+            if folder.name == "vanilla" and len(kept) < len(folders):  # the difficulty readings of the others need it
+                model, tokenizer = load(folder, device="cpu")
+                trace = analysis.trace(model, tokenizer, texts["validation"])
+                vanilla = {"token_ids": trace.token_ids, "token_nll": trace.token_nll}
+            continue
         row = measure_checkpoint(folder, texts, vanilla, args.probe_examples)
         trace = row.pop("_trace")
         if folder.name == "vanilla":
@@ -190,11 +248,17 @@ def measure_suite(args: argparse.Namespace) -> dict:
         rows.append(row)
         print(f"{folder.name}: val nll {row['val_nll']:.4f}, bits/byte {row['texts']['validation']['bits_per_byte']:.4f}, "
               f"mean depth {row['mean_depth']:.2f} ({row['measure_seconds']:.0f} s)", flush=True)
-    baseline = [measure_baseline(folder, texts) for folder in sorted(Path(args.baseline).glob("*/config.json"))
-                for folder in [folder.parent]] if args.baseline else []
-    return {"texts": {name: {"source": sources[name], "chars": len(text)} for name, text in texts.items()},
-            "rows": rows, "baseline": baseline, "baseline_folder": args.baseline,
+    if args.baseline:
+        baseline = [measure_baseline(folder.parent, texts) for folder in sorted(Path(args.baseline).glob("*/config.json"))]
+        baseline_folder = args.baseline
+    else:
+        baseline, baseline_folder = previous.get("baseline", []), previous.get("baseline_folder")
+    data = {"texts": {name: {"source": sources[name], "chars": len(text)} for name, text in texts.items()},
+            "rows": rows, "baseline": baseline, "baseline_folder": baseline_folder,
             "torch_threads": torch.get_num_threads(), "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if kept:
+        data["kept"] = {"rows": sorted(kept), "baseline": not args.baseline}
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,5 +294,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--fortunes-chars", type=int, default=100_000, help="characters of held-out fortune cookies")
     p.add_argument("--probe-examples", type=int, default=500, help="fresh addition problems per checkpoint and cap")
     p.add_argument("--from-json", help="re-render results.md from a saved results.json instead of measuring")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="measure only these checkpoints; keep the other rows (and the baseline, unless --baseline "
+                        "is given) from --out's results.json, checked against the texts and each checkpoint's weights")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=run)
