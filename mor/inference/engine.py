@@ -397,22 +397,27 @@ class _Schedule:
         if not stage.cost:
             taken, stage.queue, stage.rows = stage.queue, [], 0
             return taken
-        queue = stage.queue
-        cohort = queue[0].req.slot // self.W
-        mates = [u.req.slot // self.W == cohort for u in queue]
-        room, decode_room = self.T, self.W
+        queue, W = stage.queue, self.W
+        cohort = queue[0].req.slot // W
+        room, decode_room = self.T, W
         taken, chosen = [], set()
-        for i in [i for i, m in enumerate(mates) if m] + [i for i, m in enumerate(mates) if not m]:
-            unit = queue[i]
-            if unit.size <= room and (unit.prompt or unit.size <= decode_room):
-                taken.append(unit)
-                chosen.add(i)
-                room -= unit.size
-                decode_room -= 0 if unit.prompt else unit.size
-                if room == 0:
-                    break
+        for mates in (True, False):  # the oldest unit's cohort first, then the rest
+            for i, unit in enumerate(queue):
+                if (unit.req.slot // W == cohort) != mates:
+                    continue
+                n = len(unit.rows)
+                if n <= room and (unit.prompt or n <= decode_room):
+                    taken.append(unit)
+                    chosen.add(i)
+                    room -= n
+                    if not unit.prompt:
+                        decode_room -= n
+                    if room == 0:
+                        break
+            if room == 0:
+                break
         stage.queue = [u for i, u in enumerate(queue) if i not in chosen]
-        stage.rows -= sum(u.size for u in taken)
+        stage.rows -= self.T - room
         return sorted(taken, key=lambda u: u.req.slot)  # slot order: in-place reads need no reordering
 
     # ---- the passes ------------------------------------------------------------------------------
@@ -421,10 +426,14 @@ class _Schedule:
         every token) and sees the entries up to it."""
         it = Items()
         for u in units:
-            it.units.append((len(it.rows), u.size))
-            for row, pos in zip(u.rows, u.positions):
-                it.rows.append(row), it.pos.append(pos), it.slots.append(u.req.slot)
-                it.keys.append(0), it.widx.append(pos), it.vis.append(pos + 1)
+            n = len(u.rows)
+            it.units.append((len(it.rows), n))
+            it.rows += u.rows
+            it.pos += u.positions
+            it.slots += [u.req.slot] * n
+            it.keys += [0] * n
+            it.widx += u.positions
+            it.vis += [p + 1 for p in u.positions]
         return self._upload(it, table, **extra)
 
     def _upload(self, items: Items, table, **extra) -> PassInput:
@@ -447,16 +456,21 @@ class _Schedule:
         r, shared = self.runner, self.runner.shared_kv
         it, next_step = Items(), []
         for u in units:
-            req, step = u.req, u.step
-            writes = not shared or step == 0
-            it.units.append((len(it.rows), u.size))
-            for rank, (row, pos) in enumerate(zip(u.rows, u.positions)):
-                w = req.steplen[step] + rank if writes else -1
-                it.rows.append(row), it.pos.append(pos), it.slots.append(req.slot)
-                it.keys.append(0 if shared else step), it.widx.append(w), it.vis.append(pos + 1 if shared else w + 1)
-            next_step += [step + 1] * u.size
-            if writes:
-                req.steplen[step] += u.size
+            req, step, n = u.req, u.step, len(u.rows)
+            it.units.append((len(it.rows), n))
+            it.rows += u.rows
+            it.pos += u.positions
+            it.slots += [req.slot] * n
+            it.keys += [0 if shared else step] * n
+            if not shared or step == 0:  # writes: appended to step r's rows, in rank order
+                first = req.steplen[step]
+                it.widx += range(first, first + n)
+                it.vis += range(first + 1, first + n + 1)
+                req.steplen[step] += n
+            else:  # reads step 1's rows up to its position
+                it.widx += [-1] * n
+                it.vis += [p + 1 for p in u.positions]
+            next_step += [step + 1] * n
         cont = r.block(self._upload(it, r.group_tables[stage.group], next_step=next_step), stage.group)
         # the one device read of a block pass: which items take their next step
         takes = cont.tolist() if cont is not None else [s < r.max_depth for s in next_step]

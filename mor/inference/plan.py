@@ -13,15 +13,17 @@ under recursive KV sharing (every token takes step 1, so that row's index is the
 item writes its K/V before any item of the pass attends, so the tokens of a prompt chunk see the
 earlier tokens of the same chunk.
 
-Read plans, decided once per pass (the same for every layer; only the cache slot changes):
+Read plans, decided once per pass (the same for every layer; only the cache slot changes). The
+pass's single-token items are grouped by the cache slot they read (their key: the recursion step
+under recursion-wise caching), and each group is one *part* of the plan, with its own entry count
+L (the most any of its items sees): a deep step's rows hold only the tokens that took it, so its
+items attend over a fraction of step 1's entries instead of the pass's longest row. A part reads:
 - gather: copy the items' rows side by side (index_select), then attend; any set of rows;
-- in place: when the single-token items reading one cache slot (the "major" one: step 1 under a
-  shallow router, the prelude and coda, every step under recursive KV sharing) fill more than
-  `IN_PLACE_SHARE` of a contiguous range of request slots, attend over that range of rows where it
-  lies, each query at its slot's offset, and gather only the others;
+- in place ("block"): when the items fill more than `IN_PLACE_SHARE` of a contiguous range of
+  request slots, attend over that range of rows where it lies, each query at its slot's offset;
 - chunk: the items of a prompt chunk all read ONE row (one request, one step), so the row is read
   once and all the chunk's queries attend to it together, causally masked, rather than copying
-  the row once per query.
+  the row once per query. Every prompt chunk of the pass is in one chunk part.
 """
 
 from __future__ import annotations
@@ -61,32 +63,35 @@ class _Packer:
 
 
 @dataclass
-class ReadPlan:
-    """Where the N items of a pass read their K/V at each of its J layers (see the module docstring).
+class ReadPart:
+    """How one group of the pass's items reads its K/V at each of the pass's J layers (see the
+    module docstring). kind: "gather", "block" or "chunk"; L: entries attended; idx: the items'
+    positions in the pass (None: every item, in order); mask: True where hidden.
+    gather: rows (J, n), the row each item copies. block: base[j], the first of `span` consecutive
+    rows; at, each item's offset there (None: item i at offset i). chunk: rows (J, U), the one row
+    of each of U chunks; span, queries per chunk (padded); take, the part's item of each padded
+    query (n for padding); at, each item's padded query."""
 
-    L: entries attended (the most any item sees). Tensors index the pass's items ("idx": positions
-    in the pass; None means every item in order) and the K/V buffer's rows ((J, n) per layer):
-    gather_*: single-token items whose rows are copied; block_*: those read in place from
-    `block_len` consecutive rows starting at `block_base[j]` (`block_at`: each one's offset there);
-    chunk_*: U prompt chunks, padded to `chunk_len` queries (`chunk_take`: the item of each padded
-    query, N for padding; `chunk_at`: each item's padded query). Masks are True where hidden."""
-
+    kind: str
     L: int
-    gather_idx: torch.Tensor | None = None
-    gather_rows: torch.Tensor | None = None
-    gather_mask: torch.Tensor | None = None
-    block_base: list[int] | None = None
-    block_len: int = 0
-    block_idx: torch.Tensor | None = None
-    block_at: torch.Tensor | None = None
-    block_mask: torch.Tensor | None = None
-    chunk_rows: torch.Tensor | None = None
-    chunk_len: int = 0
-    chunk_take: torch.Tensor | None = None
-    chunk_idx: torch.Tensor | None = None
-    chunk_at: torch.Tensor | None = None
-    chunk_mask: torch.Tensor | None = None
-    parts: int = 0  # how many of gather / block / chunk are used
+    idx: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    base: list[int] | None = None
+    span: int = 0
+    at: torch.Tensor | None = None
+    take: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class ReadPlan:
+    """A pass's read parts; together they cover each item exactly once."""
+
+    parts: list[ReadPart]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [part.kind for part in self.parts]
 
 
 @dataclass
@@ -149,91 +154,92 @@ def build_pass(items: Items, table: list[list[int]], M: int, device: torch.devic
 
 
 def _plan_lists(pk: _Packer, items: Items, kv_rows: list[list[int]], table: list[list[int]], M: int) -> ReadPlan:
-    """Decide the read plan (host only) and add its index lists to the packer; masks come after
-    the upload (`_finish_plan`)."""
+    """Decide the read plan (host only) and add its index lists to the packer under the names
+    "<part>.<field>"; masks come after the upload (`_finish_plan`)."""
     N, vis, J = len(items.rows), items.vis, len(table)
-    plan = ReadPlan(max(vis))
-    singles = [s for s, c in items.units if c == 1]
-    chunks = [(s, c) for s, c in items.units if c > 1]
-    gathered = singles
-    if singles:
-        major, count = Counter(items.keys[i] for i in singles).most_common(1)[0]
-        readers = [i for i in singles if items.keys[i] == major]
+    everyone = list(range(N))
+    by_key: dict[int, list[int]] = {}
+    for s, c in items.units:
+        if c == 1:
+            by_key.setdefault(items.keys[s], []).append(s)
+    parts = []
+    for key, readers in sorted(by_key.items(), key=lambda kv: -len(kv[1])):  # the largest group first
+        name, L = f"{len(parts)}.", max(vis[i] for i in readers)
         lo = min(items.slots[i] for i in readers)
         span = max(items.slots[i] for i in readers) - lo + 1
-        if count > IN_PLACE_SHARE * span:
+        if readers != everyone:
+            pk.add(name + "idx", readers)
+        if len(readers) > IN_PLACE_SHARE * span:
             at = [items.slots[i] - lo for i in readers]
-            plan.block_base, plan.block_len = [t[major] * M + lo for t in table], span
-            if not (readers == list(range(N)) and at == list(range(span))):
-                pk.add("block_idx", readers)
-                pk.add("block_at", at)
-            block_vis = [plan.L] * span  # rows nobody reads: anything finite will do
+            part = ReadPart("block", L, base=[t[key] * M + lo for t in table], span=span)
+            if at != list(range(span)):
+                pk.add(name + "at", at)
+            block_vis = [L] * span  # rows nobody reads: anything finite will do
             for i, a in zip(readers, at):
                 block_vis[a] = vis[i]
-            pk.add("block_vis", block_vis)
-            gathered = [i for i in singles if items.keys[i] != major]
-    if gathered:
-        if gathered != list(range(N)):
-            pk.add("gather_idx", gathered)
-        pk.add("gather_rows", [r[i] for r in kv_rows for i in gathered], (J, len(gathered)))
-        pk.add("gather_vis", [vis[i] for i in gathered])
+            pk.add(name + "vis", block_vis)
+        else:
+            part = ReadPart("gather", L)
+            pk.add(name + "rows", [r[i] for r in kv_rows for i in readers], (J, len(readers)))
+            pk.add(name + "vis", [vis[i] for i in readers])
+        parts.append(part)
+    chunks = [(s, c) for s, c in items.units if c > 1]
     if chunks:
-        plan.chunk_len = cmax = max(c for _, c in chunks)
-        take, chunk_vis, at, idx = [], [], [], []
-        for u, (s, c) in enumerate(chunks):
-            take += [*range(s, s + c), *[N] * (cmax - c)]
+        name = f"{len(parts)}."
+        cmax = max(c for _, c in chunks)
+        part = ReadPart("chunk", max(max(vis[s:s + c]) for s, c in chunks), span=cmax)
+        n = sum(c for _, c in chunks)
+        take, chunk_vis, idx = [], [], []
+        for s, c in chunks:
+            take += [*range(len(idx), len(idx) + c), *[n] * (cmax - c)]
             chunk_vis += [*vis[s:s + c], *[1] * (cmax - c)]  # padding queries see entry 0: no empty softmax
             idx += range(s, s + c)
-            at += range(u * cmax, u * cmax + c)
-        pk.add("chunk_rows", [r[s] for r in kv_rows for s, _ in chunks], (J, len(chunks)))
-        pk.add("chunk_take", take)
-        pk.add("chunk_vis", chunk_vis, (len(chunks), cmax))
-        pk.add("chunk_idx", idx)
-        pk.add("chunk_at", at)
-    plan.parts = (plan.block_base is not None) + bool(gathered) + bool(chunks)
-    return plan
+        if idx != everyone:
+            pk.add(name + "idx", idx)
+        pk.add(name + "rows", [r[s] for r in kv_rows for s, _ in chunks], (J, len(chunks)))
+        pk.add(name + "take", take)
+        pk.add(name + "vis", chunk_vis, (len(chunks), cmax))
+        pk.add(name + "at", [u * cmax + k for u, (_, c) in enumerate(chunks) for k in range(c)])
+        parts.append(part)
+    return ReadPlan(parts)
 
 
 def _finish_plan(plan: ReadPlan, t: dict[str, torch.Tensor], arange: torch.Tensor) -> None:
-    """Fill the plan's tensors from the uploaded lists, masks included (True where hidden)."""
-    hidden = arange[:plan.L]
-
-    def mask(vis):  # (n,) -> (n, 1, 1, L)
-        return (hidden[None, :] >= vis[:, None])[:, None, None, :]
-
-    if "gather_rows" in t:
-        plan.gather_idx, plan.gather_rows, plan.gather_mask = t.get("gather_idx"), t["gather_rows"], mask(t["gather_vis"])
-    if "block_vis" in t:
-        plan.block_idx, plan.block_at, plan.block_mask = t.get("block_idx"), t.get("block_at"), mask(t["block_vis"])
-    if "chunk_rows" in t:
-        plan.chunk_rows, plan.chunk_take, plan.chunk_idx, plan.chunk_at = (
-            t["chunk_rows"], t["chunk_take"], t["chunk_idx"], t["chunk_at"])
-        plan.chunk_mask = (hidden >= t["chunk_vis"][..., None])[:, None, :, None, :]  # (U, 1, cmax, 1, L)
+    """Fill the parts' tensors from the uploaded lists, masks included (True where hidden)."""
+    for k, part in enumerate(plan.parts):
+        name = f"{k}."
+        part.idx, part.rows, part.at, part.take = (t.get(name + f) for f in ("idx", "rows", "at", "take"))
+        hidden, vis = arange[:part.L], t[name + "vis"]
+        if part.kind == "chunk":
+            part.mask = (hidden >= vis[..., None])[:, None, :, None, :]  # (U, 1, cmax, 1, L)
+        else:
+            part.mask = (hidden[None, :] >= vis[:, None])[:, None, None, :]  # (n, 1, 1, L)
 
 
 def attend(kv: torch.Tensor, q: torch.Tensor, plan: ReadPlan, j: int) -> torch.Tensor:
     """Attention of the pass's queries q (N, G, H/G, D) at its layer j, per the read plan;
     returns (N, G, H/G, D). kv: the engine's K/V buffer (rows, G, 2, capacity, D)."""
-    L = plan.L
-    window = kv[:, :, :, :L]
-    if plan.parts == 1 and plan.gather_rows is not None and plan.gather_idx is None:
-        return _attention(q, window.index_select(0, plan.gather_rows[j]), plan.gather_mask)
-    if plan.parts == 1 and plan.block_base is not None and plan.block_idx is None:
-        base = plan.block_base[j]
-        return _attention(q, window[base:base + plan.block_len], plan.block_mask)
+    if len(plan.parts) == 1 and plan.parts[0].idx is None:
+        return _read(kv, q, plan.parts[0], j)
     out = torch.empty_like(q)
-    if plan.gather_rows is not None:
-        out[plan.gather_idx] = _attention(q[plan.gather_idx], window.index_select(0, plan.gather_rows[j]),
-                                          plan.gather_mask)
-    if plan.block_base is not None:
-        base = plan.block_base[j]
-        qb = q.new_zeros((plan.block_len, *q.shape[1:]))
-        qb[plan.block_at] = q[plan.block_idx]
-        ob = _attention(qb, window[base:base + plan.block_len], plan.block_mask)  # (span, G, H/G, D)
-        out[plan.block_idx] = ob[plan.block_at]
-    if plan.chunk_rows is not None:
-        out[plan.chunk_idx] = _chunk_attention(q, window.index_select(0, plan.chunk_rows[j]), plan)[plan.chunk_at]
+    for part in plan.parts:
+        out[part.idx] = _read(kv, q[part.idx], part, j)
     return out
+
+
+def _read(kv: torch.Tensor, q: torch.Tensor, part: ReadPart, j: int) -> torch.Tensor:
+    """One part's attention: q (n, G, H/G, D), its items' queries in part order; returns the same shape."""
+    window = kv[:, :, :, :part.L]
+    if part.kind == "gather":
+        return _attention(q, window.index_select(0, part.rows[j]), part.mask)
+    if part.kind == "chunk":
+        return _chunk_attention(q, window.index_select(0, part.rows[j]), part)[part.at]
+    rows = window[part.base[j]:part.base[j] + part.span]
+    if part.at is None:
+        return _attention(q, rows, part.mask)
+    qb = q.new_zeros((part.span, *q.shape[1:]))
+    qb[part.at] = q
+    return _attention(qb, rows, part.mask)[part.at]  # (span, G, H/G, D) -> the part's items
 
 
 def _attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -243,18 +249,18 @@ def _attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.T
     return torch.matmul(scores.softmax(-1), kv[:, :, 1])
 
 
-def _chunk_attention(q: torch.Tensor, kv: torch.Tensor, plan: ReadPlan) -> torch.Tensor:
-    """Every chunk's queries over its one row: q (N, G, H/G, D), kv (U, G, 2, L, D); returns the
-    padded queries' outputs (U * cmax, G, H/G, D)."""
-    U, C = kv.shape[0], plan.chunk_len
+def _chunk_attention(q: torch.Tensor, kv: torch.Tensor, part: ReadPart) -> torch.Tensor:
+    """Every chunk's queries over its one row: q (n, G, H/G, D), the part's items, kv (U, G, 2, L, D);
+    returns the padded queries' outputs (U * cmax, G, H/G, D)."""
+    U, C = kv.shape[0], part.span
     G, hg, D = q.shape[1:]
     L = kv.shape[3]
-    padded = torch.cat([q, q.new_zeros((1, G, hg, D))])[plan.chunk_take]  # (U * C, G, H/G, D)
+    padded = torch.cat([q, q.new_zeros((1, G, hg, D))])[part.take]  # (U * C, G, H/G, D)
     qp = padded.view(U, C, G, hg, D).transpose(1, 2).reshape(U, G, C * hg, D)
     scores = torch.matmul(qp, kv[:, :, 0].transpose(-1, -2)).view(U, G, C, hg, L)
-    scores = scores.masked_fill(plan.chunk_mask, float("-inf")).view(U, G, C * hg, L)
+    scores = scores.masked_fill(part.mask, float("-inf")).view(U, G, C * hg, L)
     out = torch.matmul(scores.softmax(-1), kv[:, :, 1])  # (U, G, C * H/G, D)
     return out.view(U, G, C, hg, D).transpose(1, 2).reshape(U * C, G, hg, D)
 
 
-__all__ = ["IN_PLACE_SHARE", "Items", "PassInput", "ReadPlan", "attend", "build_pass"]
+__all__ = ["IN_PLACE_SHARE", "Items", "PassInput", "ReadPart", "ReadPlan", "attend", "build_pass"]
