@@ -121,8 +121,8 @@ def batching_run(name: str, text: str, requests: int, max_batch: int, max_inflig
     greedy, with passes of up to `max_batch` decode rows (prompt chunks ride beside them, up to
     the engine's `max_tokens` rows in all) and `max_inflight` requests in flight, recording
     every pass (`queue_row`) and which request's new token ran at which recursion step in every
-    block pass. Also the block passes static batches of `max_batch` requests would need for the
-    same depths."""
+    pass that ran the shared block (entry passes: step 1; block passes: the later steps). Also the
+    block runs static batches of `max_batch` requests would need for the same depths."""
     model, tokenizer = get_model(name)
     prompts = batching_prompts(tokenizer, text, requests)
     if not prompts:

@@ -17,7 +17,7 @@ import mor
 from helpers import KV_CACHES, ROUTINGS, SHARINGS, generated, shipped_checkpoints, tiny_model
 from mor.analysis.naive import naive_generate
 from mor.inference import plan as plan_module
-from mor.inference.engine import PASS_TOKENS, PREFILL_TOKENS, Engine
+from mor.inference.engine import ENTRY, EXIT, PASS_TOKENS, PREFILL_TOKENS, Engine
 from mor.inference.runner import Runner
 
 
@@ -89,7 +89,7 @@ def test_any_batch_shape_gives_the_same_result(max_batch, max_inflight, prefill_
 
 def test_a_narrow_engine_reads_each_prompt_in_one_wide_pass():
     """max_batch bounds the decode rows of a pass, not its prompt rows: at max_batch 1 a 40-token
-    prompt enters in one prelude pass (not 40), beside at most one decode row, and the tokens are
+    prompt enters in one entry pass (not 40), beside at most one decode row, and the tokens are
     still generate's. With the default pass budget (PASS_TOKENS rows) all three prompts enter in
     one pass; with 64 rows the third rides beside a decode row."""
     model = tiny_model(routing="expert_choice", sharing="middle_cycle")
@@ -98,19 +98,19 @@ def test_a_narrow_engine_reads_each_prompt_in_one_wide_pass():
     wide = Engine(model, max_batch=1)
     assert wide.max_tokens == PASS_TOKENS
     wide_events = list(wide.stream(prompts, 5))
-    assert [e.prefill_rows for e in wide_events if e.stage == "prelude" and e.prefill_rows] == [77]
+    assert [e.prefill_rows for e in wide_events if e.stage == ENTRY and e.prefill_rows] == [77]
     engine = Engine(model, max_batch=1, max_tokens=64)
     events = list(engine.stream(prompts, 5))
     assert engine.results == wide.results
     assert engine.results == alone(model, prompts, [5] * 3)
-    prelude_prompt_passes = [e.prefill_rows for e in events if e.stage == "prelude" and e.prefill_rows]
+    prelude_prompt_passes = [e.prefill_rows for e in events if e.stage == ENTRY and e.prefill_rows]
     assert sum(prelude_prompt_passes) == 77 and len(prelude_prompt_passes) <= 3  # a pass per prompt at most
     assert all(e.rows - e.prefill_rows <= 1 for e in events)
     assert any(e.prefill_rows and e.rows > e.prefill_rows for e in events), "a prompt rode beside a decode row"
     narrow = Engine(model, max_batch=1, prefill_chunk=1, max_tokens=1)  # the old default: one prompt token per pass
     narrow_events = list(narrow.stream(prompts, 5))
     assert narrow.results == engine.results
-    assert sum(e.stage == "prelude" for e in narrow_events) > 77 > sum(e.stage == "prelude" for e in events)
+    assert sum(e.stage == ENTRY for e in narrow_events) > 77 > sum(e.stage == ENTRY for e in events)
 
 
 def test_chunked_prefill_of_long_prompts_in_many_shapes():
@@ -127,7 +127,7 @@ def test_chunked_prefill_of_long_prompts_in_many_shapes():
         engine = Engine(model, **shape)
         events = list(engine.stream(prompts, news))
         assert engine.results == ref, shape
-        prompt_rows = sum(e.prefill_rows for e in events if e.stage == "prelude")
+        prompt_rows = sum(e.prefill_rows for e in events if e.stage == ENTRY)
         assert prompt_rows == sum(map(len, prompts))  # every prompt token entered exactly once
         assert any(e.prefill_rows and e.rows > e.prefill_rows for e in events), "prefill rode with decode items"
 
@@ -142,14 +142,14 @@ def test_requests_queue_for_slots_and_events_track_progress():
     # PASS_TOKENS rows in all
     assert engine.prefill_chunk == PREFILL_TOKENS and engine.max_tokens == PASS_TOKENS
     assert all(1 <= e.rows <= engine.max_tokens and e.rows - e.prefill_rows <= 2 for e in events)
-    assert {e.stage for e in events} == {"prelude", "block", "coda", "head"}
+    assert {e.stage for e in events} == {ENTRY, "block", EXIT}
     assert events[-1].tokens_generated == 24 and events[-1].in_flight == 0
     assert sorted(i for e in events for i in e.finished) == list(range(6))
     assert [e.iteration for e in events] == list(range(1, len(events) + 1))
     assert all(a.elapsed <= b.elapsed and a.tokens_generated <= b.tokens_generated for a, b in zip(events, events[1:]))
     assert all(0 <= e.prefill_seconds <= e.elapsed for e in events)
     assert events[-1].tokens_per_second > 0
-    assert all(set(e.queued) == {"prelude", "block", "coda", "head"} for e in events)
+    assert all(set(e.queued) == {ENTRY, "block", EXIT} for e in events)
     assert sum(events[-1].queued.values()) == 0  # every queue drained
     # every token and depth reported once, matching the results; one pick time per token
     per_request = {i: [] for i in range(6)}
@@ -255,7 +255,7 @@ def counted_layers(monkeypatch):
     """Count the runner's decoder-layer calls and LM-head calls, with their rows, independently of
     its own counters (by wrapping the methods that do the work)."""
     seen = {"layer": 0, "layer_rows": 0, "head": 0, "head_rows": 0}
-    layer, head = Runner._layer, Runner.head
+    layer, exit_pass = Runner._layer, Runner.exit
 
     def count_layer(self, u, x, *args):
         seen["layer"] += 1
@@ -263,13 +263,14 @@ def counted_layers(monkeypatch):
         return layer(self, u, x, *args)
 
     def count_head(self, p):
-        out = head(self, p)
-        seen["head"] += 1
-        seen["head_rows"] += out.shape[0]
+        out = exit_pass(self, p)
+        if out is not None:
+            seen["head"] += 1
+            seen["head_rows"] += out.shape[0]
         return out
 
     monkeypatch.setattr(Runner, "_layer", count_layer)
-    monkeypatch.setattr(Runner, "head", count_head)
+    monkeypatch.setattr(Runner, "exit", count_head)
     return seen
 
 
@@ -284,13 +285,17 @@ def test_passes_run_full_width_when_the_queue_allows(W, monkeypatch):
     engine = Engine(model, max_batch=W, prefill_chunk=W)
     events = list(engine.stream(prompts, 12, stop_at_eos=False))
     stats = engine.stage_stats
-    for stage in ("prelude", "block", "coda", "head"):
+    assert list(stats) == [ENTRY, "block", EXIT]
+    for stage in stats:
         assert stats[stage]["rows"] / stats[stage]["runs"] >= 0.85 * W, (stage, stats)
         assert stats[stage]["runs"] == sum(e.stage == stage for e in events)
         assert stats[stage]["rows"] == sum(e.rows for e in events if e.stage == stage)
     passes = engine.passes
-    assert passes["prelude"] == stats["prelude"]["runs"] and passes["coda"] == stats["coda"]["runs"]
-    assert passes["block"] == 2 * stats["block"]["runs"] and passes["head"] == stats["head"]["runs"]
+    # an entry pass runs the prelude layer and step 1's two block layers; an exit pass the coda
+    # layer and, when a unit in it needs logits, the LM head
+    assert passes["prelude"] == stats[ENTRY]["runs"] and passes["coda"] == stats[EXIT]["runs"]
+    assert passes["block"] == 2 * (stats[ENTRY]["runs"] + stats["block"]["runs"])
+    assert passes["head"] <= stats[EXIT]["runs"]
     assert seen["layer"] == passes["prelude"] + passes["block"] + passes["coda"]
     assert seen["head"] == passes["head"]
     assert seen["layer_rows"] + seen["head_rows"] == engine.pass_rows
@@ -311,8 +316,9 @@ def test_vanilla_passes_are_full_and_one_set_per_batch_of_tokens():
         engine = Engine(model, max_batch=W, prefill_chunk=chunk, max_tokens=chunk)
         engine.generate(prompts, N, stop_at_eos=False)
         stats = engine.stage_stats
-        assert stats["block"]["rows"] == 4 * W * (4 + N) and stats["block"]["runs"] == prefill_runs + 4 * N
-    assert stats["head"]["rows"] == 4 * W * N and stats["head"]["runs"] == 4 * N  # one row per new token
+        assert list(stats) == [ENTRY, EXIT]  # one recursion: no block stage after the entry's step 1
+        assert stats[ENTRY]["rows"] == 4 * W * (4 + N) and stats[ENTRY]["runs"] == prefill_runs + 4 * N
+    assert stats[EXIT]["rows"] == 4 * W * N and stats[EXIT]["runs"] == 4 * N  # one row per new token
     # no prelude or coda layers: the embedding and the hand-over are no weight passes
     assert engine.passes["prelude"] == engine.passes["coda"] == 0
 
@@ -450,7 +456,7 @@ def test_traced_steps_climb_one_at_a_time_to_each_token_s_depth():
     engine = Engine(model, max_batch=3)
     per_request: dict[int, list[int]] = {}
     for event in engine.stream(prompts, max_new_tokens=6, trace_steps=True):
-        assert len(event.block_steps) == event.block_items - (event.prefill_rows if event.stage == "block" else 0)
+        assert len(event.block_steps) == event.block_items - (event.prefill_rows if event.stage != EXIT else 0)
         for index, step in event.block_steps:
             per_request.setdefault(index, []).append(step)
     assert len({step for steps in per_request.values() for step in steps}) > 1

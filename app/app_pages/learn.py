@@ -184,15 +184,16 @@ def section_batching(name: str, text: str) -> None:
     st.header("5. Continuous depth-wise batching")
     st.markdown(
         "Every recursion step applies the **same** block, so tokens at different steps can share one "
-        "pass of it. The engine cuts the model into stages (the first layers, the shared block, the "
-        "last layers, the LM head), each with a **queue**. A pass runs one stage over up to *rows per "
-        "pass* queued new tokens, of any request and any recursion step, with chunks of prompt tokens "
-        f"beside them (up to {PASS_TOKENS} tokens in all: prefill rides in the same passes as decoding); a "
-        "stage with a full batch goes first. After a block pass each token asks the router whether it "
-        "takes another step: if so it queues for the block again, if not it moves on to the last "
-        "layers and, once its request's token is done, the LM head picks the next token, which queues "
-        "at the start. With more requests in flight than a pass carries, the queues fill, so every "
-        "pass runs full, and a token that exits early simply stops queueing for the block.")
+        "pass of it. The engine cuts the model into stages, each with a **queue**: the entry (the "
+        "first layers and recursion step 1, which every token takes), the shared block (the later "
+        "steps) and the exit (the last layers and the LM head). A pass runs one stage over up to *rows "
+        "per pass* queued new tokens, of any request and any recursion step, with chunks of prompt "
+        f"tokens beside them (up to {PASS_TOKENS} tokens in all: prefill rides in the same passes as "
+        "decoding); a stage with a full batch goes first. After each recursion step a token asks the "
+        "router whether it takes another: if so it queues for the block, if not it moves on to the "
+        "exit, where the LM head picks its request's next token, which queues at the entry. With more "
+        "requests in flight than a pass carries, the queues fill, so every pass runs full, and a token "
+        "that exits early simply stops queueing for the block.")
     c1, c2, c3 = st.columns(3)
     requests = c1.slider("Requests", 2, 16, 12, key="learn_requests")
     width = c2.slider("Rows per pass", 1, 8, 4, key="learn_width",
@@ -208,12 +209,12 @@ def section_batching(name: str, text: str) -> None:
         return
     show_stage_queues(name, text, run)
     shown = min(len(run["columns"]), BATCHING_COLUMNS)
-    st.subheader("Which token took which step, block pass by block pass")
+    st.subheader("Which token took which step, pass by pass")
     st.caption(f"{name} on the engine now: {requests} requests cut from the text above (request i drops "
                f"its last i − 1 tokens), {BATCHING_TOKENS} greedy new tokens each, {width} rows per pass, "
-               f"{inflight} in flight. Columns are the block passes that carried new tokens (first {shown} "
-               f"of {len(run['columns'])}); a cell is the recursion step that request's new token took "
-               "in that pass.")
+               f"{inflight} in flight. Columns are the passes that ran the shared block on new tokens (entry "
+               f"passes run step 1, block passes the later steps; first {shown} of {len(run['columns'])}); a "
+               "cell is the recursion step that request's new token took in that pass.")
     st.html(render.batching_grid(run, BATCHING_COLUMNS))
     m1, m2, m3 = st.columns(3)
     m1.metric("Block runs, depth-wise batching", len(run["columns"]))

@@ -15,21 +15,23 @@ Run example::
 
 How it works. The model is cut into stages, each with its own queue of waiting work:
 
-- "prelude": the embedding, the unique first layers and the entry routing (expert-choice: step 1's
-  gate; token-choice: each token's depth);
-- the shared block: "block" when every recursion step applies the same unique layers (sharing
-  "cycle"/"middle_cycle"), so items at any step share one pass; one stage per step's layer list
-  under "sequence"/"middle_sequence" ("block 1", "block 2", ...). After its pass each item asks the
-  model's depth policy (`mor.model.policy.DepthPolicy`, the rule the model's own forward uses)
-  whether it takes another step; if so it queues for the block again, else it exits;
-- "coda": the unique last layers, over every token that left the block;
-- "head": the final norm and the LM head, over one token per request (a new token, or a prompt's
-  last one); the next token is picked with `mor.model.sampling.pick_next` and queues for the
-  prelude. (The LM head is the largest matrix; apart from the coda it runs on full batches too,
-  rather than once per prompt chunk on a single row.)
-
-A stage without layers (no prelude or coda, as in a vanilla model) makes no weight pass: it runs at
-once, on everything queued.
+- "prelude + step 1" (the entry): the embedding, the unique first layers, the entry routing
+  (expert-choice: step 1's gate; token-choice: each token's depth) and the shared block's first
+  recursion step, in one pass: every token takes step 1, so there is nothing to wait for between
+  them, and a separate prelude pass would cost a weight pass and its host work per token;
+- the shared block, for steps 2 and later: "block" when every recursion step applies the same
+  unique layers (sharing "cycle"/"middle_cycle"), so items at any step share one pass; one stage
+  per step's layer list under "sequence"/"middle_sequence" ("block 2", "block 3", ...). After
+  each recursion step (in the entry pass too) each item asks the model's depth policy
+  (`mor.model.policy.DepthPolicy`, the rule the model's own forward uses) whether it takes
+  another step; if so it queues for the block, else it exits. A model of one recursion has no
+  block stage;
+- "coda + head" (the exit): the unique last layers over every token that left the block, then the
+  final norm and the LM head over one token per request (a new token, or a prompt's last one);
+  the next token is picked with `mor.model.sampling.pick_next` and queues for the entry. (The LM
+  head is the largest matrix; it runs on the exit's full batches, not once per prompt chunk.) A
+  prompt chunk with more of its prompt to come needs no logits: without coda layers it skips the
+  exit.
 
 An engine step runs ONE stage's pass over its queue, a unit never split: up to `max_batch` decode
 rows and up to `max_tokens` rows in all (default max(max_batch, prefill_chunk, PASS_TOKENS)), so
@@ -71,7 +73,7 @@ threshold, are closer than that could in principle differ; tests/test_engine.py 
 Devices: the scheduler computes every index, write position and mask length on the host and sends
 a pass's inputs in one copy (mor/inference/plan.py), so a pass waits for the device only where the
 host needs its result: the routing decisions after a block pass (none without routers or at a fixed
-depth) and the picked tokens after a head pass. Nothing in the passes assumes a CPU.
+depth) and the picked tokens after an exit pass. Nothing in the passes assumes a CPU.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ PREFILL_TOKENS = 64
 # near this CPU's peak where 64-row passes pay per-call costs eight times (measured on the serving
 # workload of `mor bench`, docs/performance.md).
 PASS_TOKENS = 512
+# The stages around the shared block (their names in events and stage_stats)
+ENTRY = "prelude + step 1"
+EXIT = "coda + head"
 
 
 @dataclass
@@ -106,12 +111,12 @@ class EngineEvent:
     """Progress after one engine step (one stage's pass).
 
     iteration: 1-based count of passes so far (0: an event without a pass, e.g. only budgets of 0).
-    stage / rows / prefill_rows: the stage that ran ("prelude", "block" or "block <steps>", "coda",
-        "head"),
-        the rows its pass carried and how many of them were prompt tokens.
+    stage / rows / prefill_rows: the stage that ran (ENTRY "prelude + step 1", "block" or
+        "block <steps>", EXIT "coda + head"), the rows its pass carried and how many of them were
+        prompt tokens.
     queued: rows waiting in each stage's queue after the pass (what a view of the queues filling
         and draining plots).
-    new_tokens: (request index, token id) picked in this pass (head passes only).
+    new_tokens: (request index, token id) picked in this pass (exit passes only).
     new_depths: (request index, depth) of new tokens whose recursion ended in this pass.
     finished: request indices that completed in this pass.
     tokens_generated: tokens picked so far over all requests.
@@ -121,9 +126,9 @@ class EngineEvent:
         its share of prompt rows).
     tokens_per_second: tokens_generated / elapsed.
     in_flight / waiting: requests holding a K/V slot / not yet admitted.
-    block_items: rows of this pass if it was a block pass, else 0.
+    block_items: rows of this pass if it ran a recursion step (an entry or block pass), else 0.
     block_steps: with `stream(..., trace_steps=True)`, (request index, recursion step, 1-based) of
-        every new token (decode item, not prompt token) this block pass ran; else empty.
+        every new token (decode item, not prompt token) this entry or block pass ran; else empty.
     """
 
     iteration: int
@@ -290,14 +295,15 @@ class _Schedule:
         self.free_slots = list(range(slots))  # a heap: the lowest free slot first keeps rows compact
         self.free_rows: list[int] = []  # pool rows, set once the pool is allocated
         self.inflight = 0
-        self.prelude = _Stage("prelude", "prelude", len(r.prelude_layers))
-        single = len(r.groups) == 1
-        self.blocks = [_Stage("block" if single else "block " + "+".join(str(s + 1) for s in steps), "block",
-                              len(layers), g) for g, (layers, steps) in enumerate(r.groups)]
-        self.coda = _Stage("coda", "coda", len(r.coda_layers))
-        self.head = _Stage("head", "head", 1)
+        self.entry = _Stage(ENTRY, "entry", len(r.prelude_layers) + len(r.groups[r.entry_group][0]))
+        # the block stages run the steps after the first (step 1 rides in the entry pass)
+        later = [(g, layers, [s for s in steps if s > 0]) for g, (layers, steps) in enumerate(r.groups)]
+        later = [(g, layers, steps) for g, layers, steps in later if steps]
+        self.blocks = {g: _Stage("block" if len(later) == 1 else "block " + "+".join(str(s + 1) for s in steps),
+                                 "block", len(layers), g) for g, layers, steps in later}
+        self.exit = _Stage(EXIT, "exit", len(r.coda_layers) + 1)
         # downstream first: when several stages hold a full batch, finishing tokens comes first
-        self.order = [self.head, self.coda, *self.blocks[::-1], self.prelude]
+        self.order = [self.exit, *list(self.blocks.values())[::-1], self.entry]
         self.stats = {s.name: {"runs": 0, "rows": 0} for s in reversed(self.order)}
 
     # ---- the loop ----------------------------------------------------------------------------------
@@ -316,7 +322,7 @@ class _Schedule:
             units = self.take(stage)
             rows = sum(u.size for u in units)
             prompt_rows = sum(u.size for u in units if u.prompt)
-            if trace and stage.kind == "block":
+            if trace and stage.kind != "exit":
                 out.block_steps = [(u.req.index, u.step + 1) for u in units if not u.prompt]
             getattr(self, "run_" + stage.kind)(stage, units, out)
             iteration += 1
@@ -333,7 +339,7 @@ class _Schedule:
     def event(self, iteration, out: _Outcome, produced, busy, prefill, stage, rows, prompt_rows) -> EngineEvent:
         return EngineEvent(iteration, out.new_tokens, out.new_depths, out.finished, produced, busy, prefill,
                            produced / max(busy, 1e-9), self.inflight, len(self.waiting),
-                           rows if stage is not None and stage.kind == "block" else 0, out.block_steps,
+                           rows if stage is not None and stage.kind != "exit" else 0, out.block_steps,
                            "" if stage is None else stage.name, rows, prompt_rows,
                            {s.name: s.rows for s in reversed(self.order)})
 
@@ -361,15 +367,15 @@ class _Schedule:
         return finished
 
     def send_chunk(self, req: Request) -> bool:
-        """Queue the request's next prompt chunk for the prelude; False when the pool lacks rows."""
+        """Queue the request's next prompt chunk for the entry; False when the pool lacks rows."""
         start = req.prompt_sent
         n = min(self.chunk, len(req.prompt) - start)
         if len(self.free_rows) < n:
             return False
         rows = [self.free_rows.pop() for _ in range(n)]
         req.prompt_sent += n
-        self.enqueue(self.prelude, Unit(req, rows, list(range(start, start + n)), req.prompt[start:start + n],
-                                        prompt=True, last=start + n == len(req.prompt)))
+        self.enqueue(self.entry, Unit(req, rows, list(range(start, start + n)), req.prompt[start:start + n],
+                                      prompt=True, last=start + n == len(req.prompt)))
         return True
 
     @staticmethod
@@ -378,25 +384,21 @@ class _Schedule:
         stage.rows += unit.size
 
     def choose(self) -> _Stage | None:
-        """The stage to run next: one without weight passes at once, else the first (downstream
-        first) holding a full batch, else the one holding the most rows; None when all are empty."""
+        """The stage to run next: the first (downstream first) holding a full batch, else the one
+        holding the most rows; None when all are empty."""
         best = None
         for stage in self.order:
-            if stage.rows and (stage.cost == 0 or stage.rows >= self.W):
+            if stage.rows >= self.W:
                 return stage
             if stage.rows and (best is None or stage.rows > best.rows):
                 best = stage
         return best
 
     def take(self, stage: _Stage) -> list[Unit]:
-        """Units for one pass: up to max_batch decode rows and max_tokens rows in all (every unit for
-        a stage without weight passes). The oldest unit first, then the other units of its cohort
+        """Units for one pass: up to max_batch decode rows and max_tokens rows in all. The oldest unit first, then the other units of its cohort
         (slots in the same aligned range of max_batch), then the rest, each in queue order; a unit
         that does not fit the room left waits for the next pass, keeping its place in the queue. The
         pass runs its units in slot order."""
-        if not stage.cost:
-            taken, stage.queue, stage.rows = stage.queue, [], 0
-            return taken
         queue, W = stage.queue, self.W
         cohort = queue[0].req.slot // W
         room, decode_room = self.T, W
@@ -422,8 +424,8 @@ class _Schedule:
 
     # ---- the passes ------------------------------------------------------------------------------
     def _pass(self, units: list[Unit], table, **extra) -> PassInput:
-        """A prelude or coda pass: every token writes its entry at its position (those rows hold
-        every token) and sees the entries up to it."""
+        """An entry or exit pass: every token writes its entry at its position (the prelude's and
+        coda's rows hold every token, and so do step 1's) and sees the entries up to it."""
         it = Items()
         for u in units:
             n = len(u.rows)
@@ -434,22 +436,27 @@ class _Schedule:
             it.keys += [0] * n
             it.widx += u.positions
             it.vis += [p + 1 for p in u.positions]
-        return self._upload(it, table, **extra)
-
-    def _upload(self, items: Items, table, **extra) -> PassInput:
         r = self.runner
-        return build_pass(items, table, r.M, r.device, r.arange, extra)
+        return build_pass(it, table, r.M, r.device, r.arange, extra)
 
-    def run_prelude(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
-        self.runner.prelude(self._pass(units, self.runner.prelude_table, tokens=[t for u in units for t in u.token_ids]))
-        first = self.blocks[self.runner.group_of_step[0]]
+    def run_entry(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
+        """The embedding, the prelude and recursion step 1 of every token of the units (every token
+        takes step 1, whose rows then hold every token fed, at its position); then each token's
+        routing decision, as after a block pass."""
+        r = self.runner
         for u in units:
-            u.req.fed = u.positions[-1] + 1
+            req = u.req
+            assert req.steplen[0] == u.positions[0], "step 1's rows hold every token fed, in position order"
+            req.steplen[0] += len(u.rows)
+            req.fed = u.positions[-1] + 1
             u.step = 0
-            self.enqueue(first, u)
+        n = sum(len(u.rows) for u in units)
+        cont = r.entry(self._pass(units, r.entry_table, tokens=[t for u in units for t in u.token_ids],
+                                  next_step=[1] * n))
+        self.advance(units, cont.tolist() if cont is not None else [r.max_depth > 1] * n, out)
 
     def run_block(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
-        """One block pass. A unit's items all sit at its step r: under recursion-wise caching they
+        """One block pass (steps 2 and later). A unit's items all sit at its step r: under recursion-wise caching they
         append to step r's rows (entry index = entries held + rank) and see up to their own entry;
         under recursive sharing only step 1 writes, and deeper steps read step 1's rows up to their
         position."""
@@ -471,12 +478,16 @@ class _Schedule:
                 it.widx += [-1] * n
                 it.vis += [p + 1 for p in u.positions]
             next_step += [step + 1] * n
-        cont = r.block(self._upload(it, r.group_tables[stage.group], next_step=next_step), stage.group)
-        # the one device read of a block pass: which items take their next step
-        takes = cont.tolist() if cont is not None else [s < r.max_depth for s in next_step]
+        cont = r.block(build_pass(it, r.group_tables[stage.group], r.M, r.device, r.arange, {"next_step": next_step}),
+                       stage.group)
+        self.advance(units, cont.tolist() if cont is not None else [s < r.max_depth for s in next_step], out)
+
+    def advance(self, units: list[Unit], takes: list[bool], out: _Outcome) -> None:
+        """After a recursion step: `takes` (the pass's one device read) says which items take their
+        next step; each unit moves on (`after_step`)."""
         start = 0
         for u in units:
-            n = u.size  # after_step may shrink the unit to its recursing items
+            n = len(u.rows)  # after_step may shrink the unit to its recursing items
             self.after_step(u, takes[start:start + n], out)
             start += n
 
@@ -498,44 +509,52 @@ class _Schedule:
             if len(req.tokens) >= req.max_new or req.tokens[-1] in self.eos:
                 self.retire(u, out)
                 return
-        u.rows, u.positions = list(u.chunk_rows), list(u.chunk_positions)
-        self.enqueue(self.coda, u)
+        if self.runner.coda_layers:  # the coda runs over the whole chunk
+            u.rows, u.positions = list(u.chunk_rows), list(u.chunk_positions)
+        elif not u.last:  # no coda, no logits needed: the chunk is done
+            self.chunk_done(u)
+            return
+        else:  # no coda: only the last token goes on, for its logits
+            u.rows, u.positions = u.chunk_rows[-1:], u.chunk_positions[-1:]
+        self.enqueue(self.exit, u)
 
-    def run_coda(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
-        """The coda over every token of the units; then the last token of a decode item or a final
-        prompt chunk goes on to the head, and a chunk's next chunk is sent."""
-        if stage.cost:
-            self.runner.coda(self._pass(units, self.runner.coda_table))
+    def run_exit(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
+        """The coda over every token of the units, then the final norm, the LM head and the pick for
+        the last token of each decode item and final prompt chunk; the picked token queues for the
+        entry as its request's next unit (a decode item, in the pool row of the token before it).
+        A chunk with more of its prompt to come frees its rows and sends the next chunk."""
+        want, heads, start = [], [], 0
+        for u in units:
+            start += len(u.rows)
+            if u.last:
+                want.append(start - 1)
+                heads.append(u)
+        r = self.runner
+        logits = r.exit(self._pass(units, r.coda_table, want=want))
         for u in units:
             if not u.last:
                 self.chunk_done(u)
-                continue
-            self.free_rows += u.chunk_rows[:-1]  # a prompt chunk's other tokens are done
-            u.rows, u.positions = u.rows[-1:], u.positions[-1:]
-            self.enqueue(self.head, u)
-
-    def run_head(self, stage: _Stage, units: list[Unit], out: _Outcome) -> None:
-        """Final norm, LM head and pick for one token per unit; the picked token queues for the
-        prelude as its request's next unit (a decode item, in the same pool row)."""
-        r = self.runner
-        logits = r.head(build_pass(Items(rows=[u.rows[0] for u in units], pos=[u.positions[0] for u in units]),
-                                   [], r.M, r.device, r.arange))
-        for u, token in zip(units, self.pick(logits, units)):
+        if not heads:
+            return
+        for u, token in zip(heads, self.pick(logits, heads)):
             req = u.req
+            self.free_rows += u.chunk_rows[:-1]  # a prompt chunk's other tokens are done
             req.tokens.append(token)
             out.new_tokens.append((req.index, token))
             out.picked.append(req)
-            self.enqueue(self.prelude, Unit(req, u.rows, [u.positions[0] + 1], [token], prompt=False, last=True))
+            self.enqueue(self.entry, Unit(req, u.chunk_rows[-1:], [u.chunk_positions[-1] + 1], [token],
+                                          prompt=False, last=True))
 
     def pick(self, logits: torch.Tensor, units: list[Unit]) -> list[int]:
         if self.warpers is None:
-            return pick_next(logits).tolist()  # the one device read of a head pass
+            return pick_next(logits).tolist()  # the one device read of an exit pass
         # one draw per request, from its own generator
         return [int(pick_next(logits[i:i + 1], self.warpers, u.req.generator)) for i, u in enumerate(units)]
 
     # ---- leaving -----------------------------------------------------------------------------------
     def chunk_done(self, u: Unit) -> None:
-        """A non-final prompt chunk left the coda: free its rows and send the next one."""
+        """A non-final prompt chunk is done (it left the coda, or the block of a model without one):
+        free its rows and send the next one."""
         self.free_rows += u.chunk_rows
         if not self.send_chunk(u.req):
             self.ready.append(u.req)

@@ -43,7 +43,7 @@ class DecodeState:
         tokens: see `EngineEvent.prefill_seconds`).
     tokens_per_second: fed / elapsed.
     prefill_seconds: time attributed to the prompts (chunked prefill shares passes with decoding).
-    block_items: rows the shared block carried in this pass (0 when another stage ran).
+    block_items: rows that took a recursion step in this pass (an entry or block pass; 0 for an exit pass).
     stage / queued: the stage that ran, and the rows waiting in each stage's queue after it.
 
     `tokens` and `depths` are the stream's own lists, extended in place as decoding goes on:

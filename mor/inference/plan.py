@@ -98,7 +98,7 @@ class ReadPlan:
 class PassInput:
     """A pass's items on the device: pool rows (their hidden states), positions, the K/V writes
     (rows (J, Nw), entry index (Nw,), `writers`: which items write, None: all) and the read plan;
-    `extra`: per-stage lists (prelude: `tokens`; block: `next_step`; head: `want`)."""
+    `extra`: per-stage lists (entry: `tokens`, `next_step`; block: `next_step`; exit: `want`)."""
 
     n: int
     rows: torch.Tensor
@@ -108,6 +108,8 @@ class PassInput:
     writers: torch.Tensor | None
     read: ReadPlan | None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    cos: torch.Tensor | None = None  # the rotary tables at `pos`, gathered by the pass's first layer
+    sin: torch.Tensor | None = None
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """The engine's runner: fused weights, the K/V and hidden-state buffers, and the three kinds of pass.
 
 A pass is one stage's layers run once over a batch of items (mor/inference/plan.py builds its
-inputs): `prelude` (embedding, the unique first layers, the entry routing), `block` (one shared-block
-application to items at any recursion step, then the routing decision of each), `coda` (the unique
-last layers) and `head` (the final norm and the LM head). What runs when is the scheduler's business
-(mor/inference/engine.py); the runner only computes, and counts its weight passes.
+inputs): `entry` (embedding, the unique first layers, the entry routing and recursion step 1,
+which every token takes), `block` (one shared-block application to items at any later recursion
+step) and `exit` (the unique last layers, then the final norm and the LM head for the items that
+need logits). After a recursion step each item's routing decision for its next step is taken.
+What runs when is the scheduler's business (mor/inference/engine.py); the runner only computes,
+and counts its weight passes.
 
 Items keep their hidden state in a pool, (pool rows, C), between passes; a pass reads its items'
 rows, runs its layers and writes them back.
@@ -63,6 +65,9 @@ class Runner:
         self.coda_table = [[self.slot_of[("coda", i)]] for i in range(len(self.coda_layers))]
         self.group_tables = [[[self.slot_of[(r, j)] for r in range(self.R)] for j in range(len(layers))]
                              for layers, _ in self.groups]
+        # an entry pass runs the prelude, then step 1's layers; its items all read and write key 0
+        self.entry_group = self.group_of_step[0]
+        self.entry_table = self.prelude_table + [[t[0]] for t in self.group_tables[self.entry_group]]
         self.reset_counters()
         self.refresh()
 
@@ -160,20 +165,22 @@ class Runner:
         gu = torch.mm(F.rms_norm(x, (self.C,), None, eps2), wgu)
         return torch.addmm(x, F.silu(gu[:, : self.I]) * gu[:, self.I:], wdown)
 
-    def _stack(self, kind: str, layers: list[int], x: torch.Tensor, p: PassInput) -> torch.Tensor:
+    def _stack(self, kind: str, layers: list[int], x: torch.Tensor, p: PassInput, first: int = 0) -> torch.Tensor:
+        """Layers `layers` over the pass's items, as the pass's layers first, first + 1, ..."""
         if not layers:
             return x
         self._count(kind, len(layers), p.n)
-        cos, sin = self.cos[p.pos], self.sin[p.pos]  # (N, H + 2G, D)
-        for j, u in enumerate(layers):
-            x = self._layer(u, x, cos, sin, p, j)
+        if p.cos is None:
+            p.cos, p.sin = self.cos[p.pos], self.sin[p.pos]  # (N, H + 2G, D), for every layer of the pass
+        for j, u in enumerate(layers, start=first):
+            x = self._layer(u, x, p.cos, p.sin, p, j)
         return x
 
     # ---- the three passes ------------------------------------------------------------------------
-    def prelude(self, p: PassInput) -> None:
+    def entry(self, p: PassInput) -> torch.Tensor | None:
         """Embed `p.extra["tokens"]`, run the prelude, take the entry routing decision (expert-choice:
-        step 1's gate, everyone takes step 1; token-choice: each item's depth and gate) and store the
-        items' hidden states."""
+        step 1's gate; token-choice: each item's depth and gate), then recursion step 1 (`step`).
+        Returns what `step` returns."""
         x = self._stack("prelude", self.prelude_layers, F.embedding(p.extra["tokens"], self.embed), p)
         if self.routing == "expert_choice" and self.gated:
             self.gate[p.rows] = self.policy.gate(torch.mm(x, self.router_t[:, :1]).squeeze(-1).float())
@@ -182,15 +189,19 @@ class Runner:
             self.gate[p.rows] = choice.gate
             self.target[p.rows] = choice.target
             self.h_in[p.rows] = x
-        self.h[p.rows] = x
+        return self.step(p, self.entry_group, x, first=len(self.prelude_layers))
 
     def block(self, p: PassInput, group: int) -> torch.Tensor | None:
-        """One application of a group's shared layers to items at any of its steps, then each item's
-        routing decision for its next step (`p.extra["next_step"]`, 0-based), asked of the model's
-        depth policy. Returns (N,) bool "takes the next step" on the device, or None when the
+        """One application of a group's shared layers to items at any of its steps (after step 1)."""
+        return self.step(p, group, self.h[p.rows])
+
+    def step(self, p: PassInput, group: int, x: torch.Tensor, first: int = 0) -> torch.Tensor | None:
+        """A recursion step of a group's shared layers over x (N, C), the items' hidden states, as
+        the pass's layers `first`, ...; then each item's routing decision for its next step
+        (`p.extra["next_step"]`, 0-based), asked of the model's depth policy. Stores the items'
+        hidden states; returns (N,) bool "takes the next step" on the device, or None when the
         decision is known on the host (`decided_on_host`)."""
-        x = self.h[p.rows]  # (N, C)
-        y = self._stack("block", list(self.groups[group][0]), x, p)
+        y = self._stack("block", list(self.groups[group][0]), x, p, first)
         if self.routing == "expert_choice" and self.gated:
             y = x + self.gate[p.rows][:, None].to(y.dtype) * (y - x)
         nr = p.extra["next_step"]
@@ -210,14 +221,15 @@ class Runner:
         self.h[p.rows] = y
         return cont
 
-    def coda(self, p: PassInput) -> None:
-        """The coda over the pass's items; their hidden states are stored for the head."""
-        self.h[p.rows] = self._stack("coda", self.coda_layers, self.h[p.rows], p)
-
-    def head(self, p: PassInput) -> torch.Tensor:
-        """The final norm and LM head over the pass's items: (N, V) float logits."""
-        self._count("head", 1, p.n)
-        return torch.mm(F.rms_norm(self.h[p.rows], (self.C,), None, self.norm_eps), self.head_t).float()
+    def exit(self, p: PassInput) -> torch.Tensor | None:
+        """The coda over the pass's items, then the final norm and the LM head over the items
+        `p.extra["want"]` (positions in the pass): (len(want), V) float logits, None without any."""
+        x = self._stack("coda", self.coda_layers, self.h[p.rows], p)
+        want = p.extra["want"]
+        if not want.numel():
+            return None
+        self._count("head", 1, want.numel())
+        return torch.mm(F.rms_norm(x[want], (self.C,), None, self.norm_eps), self.head_t).float()
 
 
 __all__ = ["Runner"]

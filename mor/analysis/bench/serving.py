@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from ...inference.engine import Engine
+from ...inference.engine import EXIT, Engine
 from ...model.flops import decode_flops_per_token
 from .common import _median, make_prompts
 
@@ -51,7 +51,8 @@ def serve_engine(model, prompts, width: int, new_tokens: int) -> dict:
     """Every request on one engine (max_batch=`width`, its default max_inflight, prefill_chunk and max_tokens),
     all arriving at t = 0; wall seconds include prefill and the stream's set-up. A token's time is
     the perf_counter stamp at the event of the head pass that picked it. Mean depth: of the new
-    tokens (`depths`), and of every token through the layers (block-stage rows / tokens fed)."""
+    tokens (`depths`), and of every token through the layers (rows of the passes that ran a recursion
+    step, entry and block, / tokens fed)."""
     engine = Engine(model, max_batch=width)
     times: list[list[float]] = [[] for _ in prompts]
     t0 = time.perf_counter()
@@ -64,9 +65,9 @@ def serve_engine(model, prompts, width: int, new_tokens: int) -> dict:
     depths = [d for _, ds in engine.results for d in ds]
     stats = {name: dict(v) for name, v in engine.stage_stats.items()}
     fed = sum(len(p) for p in prompts) + tokens
-    block_rows = sum(v["rows"] for name, v in stats.items() if name.startswith("block"))
+    step_rows = sum(v["rows"] for name, v in stats.items() if name != EXIT)  # rows that took a recursion step
     return {"wall_seconds": wall, "tokens": tokens, "times": times, "mean_depth": sum(depths) / max(len(depths), 1),
-            "mean_depth_all": block_rows / max(fed, 1), "passes": engine.passes, "pass_rows": engine.pass_rows,
+            "mean_depth_all": step_rows / max(fed, 1), "passes": engine.passes, "pass_rows": engine.pass_rows,
             "stage_stats": stats,
             "max_inflight": engine.max_inflight, "prefill_chunk": engine.prefill_chunk, "max_tokens": engine.max_tokens}
 
