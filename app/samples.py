@@ -1,13 +1,19 @@
 """The sample texts the app offers (the text pickers' choices, the corpus page's built-in corpus,
 the filler that lengthens a short text for the KV-by-length chart)."""
 
-from mor.data.addition import AdditionFormat, sample_pairs
+from mor.analysis.probe import checkpoint_format
+from mor.data.addition import sample_pairs
 
-# The arithmetic sample: problems in the addition probe's format (three-digit operands, a
-# four-digit sum, one problem per line, as `mor probe` and mor-ec-r3-probe's card record it), drawn
-# from the probe's held-out pairs, so the probe checkpoint never saw them in training.
-ADDITION = AdditionFormat.zero_padded(3)
-ADDITION_PAIRS = sample_pairs(3, 6, seed=7, held_out=True)
+# The arithmetic sample: problems in the format the shipped probe checkpoint was trained on (its
+# training.json "probe" record: fixed-width operands, one problem per line, as `mor probe` asks;
+# the default three-digit format when that checkpoint is absent), drawn from the probe's held-out
+# pairs, so the probe checkpoint never saw them in training.
+PROBE_CHECKPOINT = "mor-ec-r3-probe"
+try:
+    ADDITION = checkpoint_format(PROBE_CHECKPOINT)[0]
+except ValueError:  # no such checkpoint here, or an unreadable record (CheckpointError is one)
+    from mor.analysis.probe import DEFAULT_FORMAT as ADDITION
+ADDITION_PAIRS = sample_pairs(ADDITION.digits, 6, seed=7, held_out=True)
 
 # The opening of Pride and Prejudice (Jane Austen, 1813; public domain). Austen's novels are kept
 # out of every training corpus on purpose (mor/data/heldout.py), so this is prose no checkpoint has

@@ -233,14 +233,18 @@ def test_run_queue_gives_the_ticket_back_when_a_waiting_session_stops():
 
 def test_arithmetic_sample_is_right_held_out_and_in_the_probe_format():
     """The arithmetic sample's problems are correct sums, from the probe's held-out bucket (never
-    trained on), written in the probe's default format (`mor probe`)."""
-    from app.samples import ADDITION, SAMPLE_TEXTS
-    from mor.analysis.probe import DEFAULT_FORMAT
-    from mor.data.addition import pair_bucket
+    trained on), written in the format the shipped probe checkpoint records (`mor probe`)."""
+    import json
 
-    assert ADDITION.record() == DEFAULT_FORMAT.record()
+    from app.samples import ADDITION, PROBE_CHECKPOINT, SAMPLE_TEXTS
+    from mor.data.addition import pair_bucket
+    from mor.model.loading import resolve_checkpoint
+
+    record = json.loads((resolve_checkpoint(PROBE_CHECKPOINT) / "training.json").read_text())["probe"]
+    assert ADDITION.record() == record and not record["answer_reversed"]
+    k = record["digits"]
     lines = SAMPLE_TEXTS["Arithmetic (addition)"].splitlines()
     assert len(lines) >= 3
     for line in lines:
-        a, b, c = re.fullmatch(r"(\d{3})\+(\d{3})=(\d{4})", line).groups()
+        a, b, c = re.fullmatch(rf"(\d{{{k}}})\+(\d{{{k}}})=(\d{{{k + 1}}})", line).groups()
         assert int(a) + int(b) == int(c) and pair_bucket(int(a), int(b)) == 0
