@@ -106,15 +106,18 @@ def test_measure_a_tiny_checkpoint(tmp_path):
 
 
 def test_levers_table_reads_the_reference_from_the_measured_row():
-    rows = [{"name": "mor-ec-r3-probe", "R": 3, "probe": {"by_cap": {"3": {"accuracy": 0.724}}}}]
+    rows = [{"name": "mor-ec-r3-probe", "R": 3, "probe": {"by_cap": {"1": {"accuracy": 0.5}, "3": {"accuracy": 0.724}}}}]
     entries = [dict(lever="L1", preset="p1", budget="b", metric="probe_full", reference_checkpoint="mor-ec-r3-probe",
                     value=0.006, higher_is_better=True),
                dict(lever="L2", preset="p2", budget="b", metric="validation NLL", reference="r", reference_value=6.111,
                     value=6.0, higher_is_better=False),
                dict(lever="L3", preset="p3", budget="b", metric="probe_full", reference_checkpoint="absent",
-                    value=0.5, higher_is_better=True)]
+                    value=0.5, higher_is_better=True),
+               dict(lever="L4", preset="p4", budget="b", metric="probe_drop", reference_checkpoint="mor-ec-r3-probe",
+                    value=0.036, higher_is_better=True)]
     lines = report.results.experiments_table({"rows": rows, "experiments": {"entries": entries}})
-    assert len(lines) == 2 + 3
+    assert len(lines) == 2 + 4
+    assert "22.4%" in lines[5] and "3.6%" in lines[5] and "-18.8 points" in lines[5] and lines[5].endswith("worse |")
     assert "72.4%" in lines[2] and "0.6%" in lines[2] and "-71.8 points" in lines[2] and lines[2].endswith("worse |")
     assert "6.111" in lines[3] and "-1.8%" in lines[3] and lines[3].endswith("better |")
     assert "not measured here" in lines[4]

@@ -62,4 +62,5 @@ EXPERIMENTS: list[dict] = [
          reference="mor-ec-r3-probe-rows", reference_value=ROWS_PROBE, value=0.002, higher_is_better=True),
 ]
 
-METRIC_TITLES = {"probe_full": "probe exact match at full depth (500 fresh problems)"}
+METRIC_TITLES = {"probe_full": "probe exact match at full depth (500 fresh problems)",
+                 "probe_drop": "probe exact match at full depth less at depth cap 1 (500 fresh problems)"}

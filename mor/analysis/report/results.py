@@ -191,9 +191,11 @@ def _experiment_reference(entry: dict, rows: list[dict]) -> tuple[str, float | N
     if not name:
         return entry["reference"], entry.get("reference_value")
     row = _row(rows, name)
-    if row is None or entry["metric"] != "probe_full":
+    if row is None or entry["metric"] not in ("probe_full", "probe_drop"):
         return name, None
-    return name, row["probe"]["by_cap"][str(row["R"])]["accuracy"]
+    by_cap = row["probe"]["by_cap"]
+    full = by_cap[str(row["R"])]["accuracy"]
+    return name, full if entry["metric"] == "probe_full" else full - by_cap["1"]["accuracy"]
 
 
 def experiments_table(data: dict) -> list[str]:
