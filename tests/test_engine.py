@@ -397,6 +397,23 @@ def per_item_attention(kv, q, rows, vis):
 def test_attention_read_plans_equal_a_per_item_computation(slots, keys, units, kinds):
     """`attend` under every read plan against attention computed item by item from the rows; each
     part attends over exactly the entries its own items may see (a deep step's rows are short)."""
+    check_read_plan(slots, keys, units, kinds)
+
+
+@pytest.mark.parametrize("slots, kinds", [
+    ([0, 1, 2, 3, 7], ["block", "gather"]),          # cut at the widest gap: a dense run, one item left over
+    ([0, 1, 6, 7], ["block", "block"]),              # two dense runs, each in place
+    ([0, 1, 2, 4, 7], ["block", "gather"]),          # after one cut 0-4 is dense (4 of its 5 slots), 7 is left
+    ([0, 3, 6, 7], ["block", "gather"]),             # cut twice: 6-7 in place, 0 and 3 gathered together
+])
+def test_a_sparse_group_is_cut_into_dense_runs_read_in_place(slots, kinds, monkeypatch):
+    """One step's items spread over a few slot ranges (cohorts): each dense run of at least
+    MIN_IN_PLACE items is read in place, the rest gathered, and attention is still each item's own."""
+    monkeypatch.setattr(plan_module, "MIN_IN_PLACE", 2)
+    check_read_plan(slots, [1] * len(slots), None, kinds)
+
+
+def check_read_plan(slots, keys, units, kinds):
     engine = Engine(tiny_model(routing="expert_choice"), max_batch=8)
     r = engine.runner
     r.allocate(8, 16, 12)

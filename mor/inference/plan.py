@@ -20,7 +20,10 @@ L (the most any of its items sees): a deep step's rows hold only the tokens that
 items attend over a fraction of step 1's entries instead of the pass's longest row. A part reads:
 - gather: copy the items' rows side by side (index_select), then attend; any set of rows;
 - in place ("block"): when the items fill more than `IN_PLACE_SHARE` of a contiguous range of
-  request slots, attend over that range of rows where it lies, each query at its slot's offset;
+  request slots, attend over that range of rows where it lies, each query at its slot's offset.
+  A group that is too sparse as a whole is cut at its widest gaps in slot order into runs (the
+  engine's cohorts leave a pass's decode items as a few dense slot ranges): each dense run of at
+  least `MIN_IN_PLACE` items is a block part of its own, and the rest are gathered together;
 - chunk: the items of a prompt chunk all read ONE row (one request, one step), so the row is read
   once and all the chunk's queries attend to it together, causally masked, rather than copying
   the row once per query. Every prompt chunk of the pass is in one chunk part.
@@ -29,7 +32,6 @@ items attend over a fraction of step 1's entries instead of the pass's longest r
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +42,9 @@ import torch
 # shipped checkpoints (engine of one block run per iteration), 0.5 cost mor-ec-r3 6% while 0.7 left
 # it unchanged and still gave mor-ec-r3-lean up to 6%.
 IN_PLACE_SHARE = 0.7
+# A run of a sparse group is read in place only when it holds at least this many items: every part
+# costs its own few operators per layer, about what copying this many rows costs.
+MIN_IN_PLACE = 8
 
 
 class _Packer:
@@ -165,13 +170,18 @@ def _plan_lists(pk: _Packer, items: Items, kv_rows: list[list[int]], table: list
         if c == 1:
             by_key.setdefault(items.keys[s], []).append(s)
     parts = []
-    for key, readers in sorted(by_key.items(), key=lambda kv: -len(kv[1])):  # the largest group first
+    groups = []  # (readers, in place?) per part
+    for readers in by_key.values():
+        runs, loose = _runs(sorted(readers, key=items.slots.__getitem__), items.slots)
+        groups += [(run, True) for run in runs] + ([(loose, False)] if loose else [])
+    for readers, in_place in sorted(groups, key=lambda g: -len(g[0])):  # the largest part first
+        key = items.keys[readers[0]]
         name, L = f"{len(parts)}.", max(vis[i] for i in readers)
-        lo = min(items.slots[i] for i in readers)
-        span = max(items.slots[i] for i in readers) - lo + 1
         if readers != everyone:
             pk.add(name + "idx", readers)
-        if len(readers) > IN_PLACE_SHARE * span:
+        if in_place:
+            lo = items.slots[readers[0]]
+            span = items.slots[readers[-1]] - lo + 1
             at = [items.slots[i] - lo for i in readers]
             part = ReadPart("block", L, base=[t[key] * M + lo for t in table], span=span)
             if at != list(range(span)):
@@ -204,6 +214,25 @@ def _plan_lists(pk: _Packer, items: Items, kv_rows: list[list[int]], table: list
         pk.add(name + "at", [u * cmax + k for u, (_, c) in enumerate(chunks) for k in range(c)])
         parts.append(part)
     return ReadPlan(parts)
+
+
+def _runs(readers: list[int], slots: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Split one key's readers (sorted by slot) into runs to read in place and the rest, to gather.
+    The whole group is one run when it is dense (more than IN_PLACE_SHARE of its slot range);
+    otherwise it is cut at its widest gap until each piece is dense, and a dense piece is a run
+    if it holds at least MIN_IN_PLACE items."""
+    runs, loose, todo = [], [], [readers]
+    while todo:
+        piece = todo.pop()
+        dense = len(piece) > IN_PLACE_SHARE * (slots[piece[-1]] - slots[piece[0]] + 1)
+        if dense and (piece is readers or len(piece) >= MIN_IN_PLACE):
+            runs.append(piece)
+        elif dense or len(piece) < MIN_IN_PLACE:
+            loose += piece
+        else:
+            cut = max(range(len(piece) - 1), key=lambda k: slots[piece[k + 1]] - slots[piece[k]])
+            todo += [piece[:cut + 1], piece[cut + 1:]]
+    return runs, sorted(loose, key=slots.__getitem__)
 
 
 def _finish_plan(plan: ReadPlan, t: dict[str, torch.Tensor], arange: torch.Tensor) -> None:
@@ -265,4 +294,4 @@ def _chunk_attention(q: torch.Tensor, kv: torch.Tensor, part: ReadPart) -> torch
     return out.view(U, G, C, hg, D).transpose(1, 2).reshape(U * C, G, hg, D)
 
 
-__all__ = ["IN_PLACE_SHARE", "Items", "PassInput", "ReadPart", "ReadPlan", "attend", "build_pass"]
+__all__ = ["IN_PLACE_SHARE", "MIN_IN_PLACE", "Items", "PassInput", "ReadPart", "ReadPlan", "attend", "build_pass"]
