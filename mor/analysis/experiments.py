@@ -44,6 +44,8 @@ BATCH16_LEVER = "batch size 16 (a quarter of the optimizer steps; the suite's se
 EXPERIMENTS: list[dict] = [
     dict(BATCH16_RUNS, lever=BATCH16_LEVER, preset="vanilla --batch-size 16", metric="validation NLL",
          reference="vanilla (batch 4)", reference_value=4.6722, value=4.8422),
+    dict(BATCH16_RUNS, lever=BATCH16_LEVER, preset="recursive-r3 --batch-size 16", metric="validation NLL",
+         reference="recursive-r3 (batch 4)", reference_value=4.7517, value=4.8987),
     dict(BATCH16_RUNS, lever=BATCH16_LEVER, preset="mor-ec-r3 --batch-size 16", metric="validation NLL",
          reference="mor-ec-r3 (batch 4)", reference_value=4.5040, value=4.7064),
     dict(BATCH16_RUNS, lever=BATCH16_LEVER, preset="mor-ec-r3 --batch-size 16",
