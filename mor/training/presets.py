@@ -20,11 +20,10 @@ MOR_ROUTER = dict(router_gate="straight_through", router_aux_loss_coef=0.01)
 # to 6.180, and by design they make the capped model better, shrinking the cap-1 gap the app is
 # meant to show, so the suite trains with depth_cap_prob 0. A 0.01 BCE weight with the
 # straight-through gate is v1's measured choice (MOR_ROUTER above).
-# Batch 4 (sequences of 512 tokens): at this budget 4x the optimizer steps of batch 16 lowered the
-# final validation NLL by 4.0% (vanilla, 4.757 -> 4.567), 4.7% (mor-ec-r3, 4.623 -> 4.407) and 3.6%
-# (recursive-r3, as `mor train` reports it);
-# recorded in mor/analysis/experiments.py. The checkpoints not yet retrained at batch 4 say so
-# below (BATCH16), so every preset still reproduces what is shipped.
+# Batch 4 (sequences of 512 tokens): at this budget, 4x the optimizer steps of batch 16 lowered
+# validation NLL by 3-4% for vanilla, recursive-r3 and mor-ec-r3 (the numbers are in
+# mor/analysis/experiments.py, BATCH16_RUNS). The checkpoints not yet retrained at batch 4 keep
+# BATCH16 below, so every preset still reproduces what is shipped.
 TRAIN_BASE = dict(
     flops_budget=2.25e14, seq_len=512, batch_size=4, lr=2e-3, schedule="wsd", warmup=0.03,
     addition_share=0.0, addition_digits=3, addition_reversed=False, addition_balanced=False, addition_layout="rows",
